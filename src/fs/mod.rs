@@ -1,0 +1,467 @@
+//! The filesystem model: inodes, directories, attributes, open handles, follow-mode
+//! reads, xattrs. Callable and testable without a kernel; the `fuse` module only
+//! translates.
+//!
+//! Layout: the root (inode 1) holds one directory per sandbox, each holding
+//! `merged.log`. Every sandbox epoch gets fresh inode numbers, so a sandbox recreated
+//! under the same name is a new file with offsets from 0.
+
+pub mod cursor;
+pub mod follow;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::ingest::Catalog;
+use crate::source::record::Tag;
+use crate::timeline::render::render_line;
+use crate::timeline::{SegmentMemo, Timeline};
+use follow::{Follow, Parked};
+
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+/// Name of the merged file inside each sandbox directory.
+pub const MERGED_NAME: &str = "merged.log";
+/// End-of-file reads in a row answered with 0 before a read blocks (DESIGN §2.4).
+pub const EOF_REPLIES_BEFORE_BLOCKING: u32 = 2;
+
+/// Errors of filesystem operations; `fuse` maps each to one errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsError {
+    /// No such entry (ENOENT).
+    NotFound,
+    /// Not a directory (ENOTDIR).
+    NotDir,
+    /// Is a directory (EISDIR).
+    IsDir,
+    /// Read-only filesystem (EROFS).
+    ReadOnly,
+    /// No such attribute (ENODATA).
+    NoAttr,
+    /// Unknown file handle (EBADF).
+    BadHandle,
+    /// A blocked read was interrupted by a signal (EINTR).
+    Interrupted,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// Attributes of a node, as `stat` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: NodeKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, Unix milliseconds.
+    pub mtime_ms: i64,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind of the entry.
+    pub kind: NodeKind,
+    /// Name.
+    pub name: String,
+}
+
+/// Where the answer of a read goes: a FUSE reply in production, a channel in tests.
+/// May be answered from any thread, exactly once.
+pub trait ReadReply: Send {
+    /// Answers with bytes (empty = end of file).
+    fn data(self: Box<Self>, bytes: &[u8]);
+    /// Answers with an error.
+    fn error(self: Box<Self>, err: FsError);
+}
+
+/// One sandbox epoch as the filesystem shows it.
+#[derive(Debug)]
+pub struct SandboxNode {
+    /// Sandbox name (directory name).
+    pub name: String,
+    /// Inode of the sandbox directory.
+    pub dir_ino: u64,
+    /// Inode of its `merged.log`.
+    pub file_ino: u64,
+    /// The merged stream.
+    pub timeline: Arc<Timeline>,
+}
+
+/// An open `merged.log`.
+struct Handle {
+    node: Arc<SandboxNode>,
+    nonblock: bool,
+    /// End-of-file answers in a row.
+    eofs: u32,
+    memo: SegmentMemo,
+    /// Handle offset + `delta` = merged offset (changes after a retention notice).
+    delta: i64,
+    /// A retention notice being served, at handle offset `.0`.
+    notice: Option<(u64, Vec<u8>)>,
+}
+
+/// What a read attempt found.
+enum Attempt {
+    Data(Vec<u8>),
+    Eof,
+    Park,
+}
+
+#[derive(Default)]
+struct Nodes {
+    by_name: BTreeMap<String, Arc<SandboxNode>>,
+    by_ino: HashMap<u64, Arc<SandboxNode>>,
+}
+
+/// The filesystem model.
+pub struct Fs {
+    nodes: RwLock<Nodes>,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    next_fh: AtomicU64,
+    next_ino: AtomicU64,
+    follow: Arc<Follow>,
+    owner: (u32, u32),
+    started_ms: i64,
+    me: Weak<Fs>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Fs {
+    /// An empty filesystem; the root is owned by `owner` (uid, gid).
+    pub fn new(owner: (u32, u32)) -> Arc<Fs> {
+        Arc::new_cyclic(|me| Fs {
+            nodes: RwLock::new(Nodes::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+            follow: Follow::new(),
+            owner,
+            started_ms: now_ms(),
+            me: me.clone(),
+        })
+    }
+
+    fn root_attr(&self) -> Attr {
+        let count = self.nodes.read().by_name.len() as u32;
+        Attr {
+            ino: ROOT_INO,
+            kind: NodeKind::Dir,
+            size: 0,
+            perm: 0o555,
+            nlink: 2 + count,
+            uid: self.owner.0,
+            gid: self.owner.1,
+            mtime_ms: self.started_ms,
+        }
+    }
+
+    fn dir_attr(node: &SandboxNode) -> Attr {
+        let meta = node.timeline.meta();
+        Attr {
+            ino: node.dir_ino,
+            kind: NodeKind::Dir,
+            size: 0,
+            perm: 0o555,
+            nlink: 2,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_ms: meta.mtime_ms,
+        }
+    }
+
+    fn file_attr(node: &SandboxNode, size: u64) -> Attr {
+        let meta = node.timeline.meta();
+        Attr {
+            ino: node.file_ino,
+            kind: NodeKind::File,
+            size,
+            perm: meta.mode,
+            nlink: 1,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_ms: meta.mtime_ms,
+        }
+    }
+
+    fn node(&self, ino: u64) -> Option<Arc<SandboxNode>> {
+        self.nodes.read().by_ino.get(&ino).cloned()
+    }
+
+    /// Looks up `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        if parent == ROOT_INO {
+            let node = self.nodes.read().by_name.get(name).cloned().ok_or(FsError::NotFound)?;
+            return Ok(Self::dir_attr(&node));
+        }
+        let node = self.node(parent).ok_or(FsError::NotFound)?;
+        if parent != node.dir_ino {
+            return Err(FsError::NotDir);
+        }
+        if name == MERGED_NAME {
+            Ok(Self::file_attr(&node, node.timeline.size()))
+        } else {
+            Err(FsError::NotFound)
+        }
+    }
+
+    /// Attributes of `ino`; with a handle, the size is the one seen through it.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        if let Some(handle) = fh.and_then(|fh| self.handles.lock().get(&fh).cloned()) {
+            let h = handle.lock();
+            if h.node.file_ino == ino {
+                let size = (h.node.timeline.size() as i64 - h.delta).max(0) as u64;
+                return Ok(Self::file_attr(&h.node, size));
+            }
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if ino == node.dir_ino {
+            Ok(Self::dir_attr(&node))
+        } else {
+            Ok(Self::file_attr(&node, node.timeline.size()))
+        }
+    }
+
+    /// Entries of directory `ino`, including `.` and `..`.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let dot = |ino| DirEntry { ino, kind: NodeKind::Dir, name: ".".into() };
+        let dotdot = DirEntry { ino: ROOT_INO, kind: NodeKind::Dir, name: "..".into() };
+        if ino == ROOT_INO {
+            let nodes = self.nodes.read();
+            let mut out = vec![dot(ROOT_INO), dotdot];
+            out.extend(nodes.by_name.values().map(|n| DirEntry {
+                ino: n.dir_ino,
+                kind: NodeKind::Dir,
+                name: n.name.clone(),
+            }));
+            return Ok(out);
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if ino != node.dir_ino {
+            return Err(FsError::NotDir);
+        }
+        Ok(vec![dot(ino), dotdot, DirEntry { ino: node.file_ino, kind: NodeKind::File, name: MERGED_NAME.into() }])
+    }
+
+    /// Checks that `ino` is a directory that can be listed.
+    pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
+        match self.getattr(ino, None)?.kind {
+            NodeKind::Dir => Ok(()),
+            NodeKind::File => Err(FsError::NotDir),
+        }
+    }
+
+    /// Opens `merged.log` for reading; `flags` are the open(2) flags.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if ino != node.file_ino {
+            return Err(FsError::IsDir);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle {
+            node,
+            nonblock: flags & libc::O_NONBLOCK != 0,
+            eofs: 0,
+            memo: SegmentMemo::default(),
+            delta: 0,
+            notice: None,
+        };
+        self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
+        Ok(fh)
+    }
+
+    /// Closes handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Number of open handles.
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().len()
+    }
+
+    /// Reads up to `size` bytes at `offset` of handle `fh`. `flags` are the file's
+    /// current flags (for `O_NONBLOCK`), `pid` the reading thread (for the signal
+    /// watchdog). The reply may come later, from another thread (follow mode).
+    pub fn read(&self, fh: u64, offset: u64, size: u32, flags: i32, pid: u32, reply: Box<dyn ReadReply>) {
+        let Some(handle) = self.handles.lock().get(&fh).cloned() else {
+            return reply.error(FsError::BadHandle);
+        };
+        let (attempt, node) = {
+            let mut h = handle.lock();
+            h.nonblock = flags & libc::O_NONBLOCK != 0;
+            (Self::attempt(&mut h, offset, size, true), h.node.clone())
+        };
+        match attempt {
+            Attempt::Data(bytes) => reply.data(&bytes),
+            Attempt::Eof => reply.data(&[]),
+            Attempt::Park => {
+                self.follow.park(Parked { fh, offset, size, pid, node: node.clone(), since: Instant::now(), reply });
+                // An append between the attempt and the park would otherwise be missed.
+                self.wake(&node);
+            }
+        }
+    }
+
+    /// One read attempt on a locked handle. `fresh` is false when a parked read is
+    /// retried (it does not count as another end-of-file read).
+    fn attempt(h: &mut Handle, offset: u64, size: u32, fresh: bool) -> Attempt {
+        let size = size as usize;
+        let mut out = Vec::new();
+        if let Some((at, notice)) = &h.notice {
+            if offset >= *at && offset < at + notice.len() as u64 {
+                let from = (offset - at) as usize;
+                out.extend_from_slice(&notice[from..(from + size).min(notice.len())]);
+            }
+        }
+        let pos = offset + out.len() as u64;
+        let merged = (pos as i64 + h.delta).max(0) as u64;
+        if out.len() < size {
+            match h.node.timeline.read(merged, size - out.len(), &mut h.memo) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(below) => {
+                    let mut notice = Vec::new();
+                    let text = format!(
+                        "{} bytes before offset {} are no longer retained",
+                        below.horizon - merged,
+                        below.horizon
+                    );
+                    render_line(below.ts, Tag::Notice, text.as_bytes(), &mut notice);
+                    h.delta = below.horizon as i64 - (pos + notice.len() as u64) as i64;
+                    h.notice = Some((pos, notice));
+                    return Self::attempt(h, offset, size as u32, fresh);
+                }
+            }
+        }
+        if !out.is_empty() {
+            h.eofs = 0;
+            return Attempt::Data(out);
+        }
+        if !fresh {
+            return if h.node.timeline.is_closed() { Attempt::Eof } else { Attempt::Park };
+        }
+        if h.nonblock || h.node.timeline.is_closed() || h.eofs < EOF_REPLIES_BEFORE_BLOCKING {
+            h.eofs = h.eofs.saturating_add(1);
+            return Attempt::Eof;
+        }
+        Attempt::Park
+    }
+
+    /// Answers the parked reads of `node` that can now be answered.
+    fn wake(&self, node: &Arc<SandboxNode>) {
+        let mut still = Vec::new();
+        for read in self.follow.take_for(node) {
+            let handle = self.handles.lock().get(&read.fh).cloned();
+            let Some(handle) = handle else {
+                read.reply.data(&[]);
+                continue;
+            };
+            let attempt = Self::attempt(&mut handle.lock(), read.offset, read.size, false);
+            match attempt {
+                Attempt::Data(bytes) => read.reply.data(&bytes),
+                Attempt::Eof => read.reply.data(&[]),
+                Attempt::Park => still.push(read),
+            }
+        }
+        self.follow.put_back(still);
+    }
+
+    /// Reads parked right now (for tests and diagnostics).
+    pub fn parked_reads(&self) -> usize {
+        self.follow.parked_count()
+    }
+
+    /// Value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        self.getattr(ino, None)?;
+        let node = self.node(ino).filter(|n| n.file_ino == ino).ok_or(FsError::NoAttr)?;
+        if name != cursor::CURSOR_XATTR {
+            return Err(FsError::NoAttr);
+        }
+        let (sources, size) = node.timeline.cursor();
+        Ok(cursor::encode(&sources, node.timeline.epoch(), size).into_bytes())
+    }
+
+    /// NUL-separated xattr names of `ino`.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.getattr(ino, None)?;
+        match self.node(ino) {
+            Some(node) if node.file_ino == ino => Ok(format!("{}\0", cursor::CURSOR_XATTR).into_bytes()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Ends every parked read with end of file (unmount).
+    pub fn shutdown(&self) {
+        self.follow.stop();
+    }
+}
+
+impl Catalog for Fs {
+    fn sandbox_added(&self, name: &str, timeline: Arc<Timeline>) {
+        let dir_ino = self.next_ino.fetch_add(2, Ordering::Relaxed);
+        let node = Arc::new(SandboxNode {
+            name: name.to_string(),
+            dir_ino,
+            file_ino: dir_ino + 1,
+            timeline: timeline.clone(),
+        });
+        let me = self.me.clone();
+        let weak = Arc::downgrade(&node);
+        timeline.subscribe(Arc::new(move || {
+            if let (Some(fs), Some(node)) = (me.upgrade(), weak.upgrade()) {
+                fs.wake(&node);
+            }
+        }));
+        let mut nodes = self.nodes.write();
+        if let Some(old) = nodes.by_name.insert(name.to_string(), node.clone()) {
+            nodes.by_ino.remove(&old.dir_ino);
+            nodes.by_ino.remove(&old.file_ino);
+        }
+        nodes.by_ino.insert(node.dir_ino, node.clone());
+        nodes.by_ino.insert(node.file_ino, node);
+    }
+
+    fn sandbox_removed(&self, name: &str) {
+        let mut nodes = self.nodes.write();
+        if let Some(old) = nodes.by_name.remove(name) {
+            nodes.by_ino.remove(&old.dir_ino);
+            nodes.by_ino.remove(&old.file_ino);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Ingest of one sandbox epoch: refresh the three sources, merge their new lines by
+//! `(timestamp, source, position)` and append the decisions and rendered bytes to the
+//! timeline.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::source::generation::{FileId, Pos};
+use crate::source::reader::Next;
+use crate::source::record::{parse_line, Record, SourceState};
+use crate::source::{Source, SourceKind};
+use crate::timeline::render::apply_base;
+use crate::timeline::{CursorPos, FileMeta, SourceMark, Timeline};
+
+/// Rendered bytes after which a batch is committed even while more lines are ready,
+/// so a large history becomes visible progressively and batch memory stays bounded.
+const COMMIT_BYTES: usize = 1 << 20;
+
+/// A parsed line waiting to be merged.
+#[derive(Debug)]
+struct Head {
+    record: Record,
+    end: Pos,
+    state_after: SourceState,
+    /// `Base` op to record before the line (first line of a generation).
+    base: Option<(u32, i64)>,
+    /// Set when this head is a gap notice rather than a line.
+    gap: Option<u64>,
+}
+
+/// One source with its merge state.
+#[derive(Debug)]
+struct Feed {
+    source: Source,
+    taken: SourceMark,
+    based_gen: Option<u32>,
+    head: Option<Head>,
+}
+
+impl Feed {
+    fn load_head(&mut self) -> std::io::Result<()> {
+        if self.head.is_some() {
+            return Ok(());
+        }
+        let kind = self.source.kind();
+        let chain = self.source.chain().clone();
+        let taken = self.taken;
+        let based_gen = self.based_gen;
+        self.head = match self.source.next_line()? {
+            Next::Line(raw, start, end) => {
+                let mut state = taken.state;
+                let base = if based_gen != Some(start.gen) {
+                    chain.get(start.gen).map(|gen| {
+                        apply_base(kind, gen.birth_ms, &mut state);
+                        (start.gen, gen.birth_ms)
+                    })
+                } else {
+                    None
+                };
+                let record = parse_line(kind, raw, &mut state);
+                Some(Head { record, end, state_after: state, base, gap: None })
+            }
+            Next::Gap { bytes } => {
+                let record = crate::timeline::render::gap_notice(kind, bytes, &taken.state);
+                let end = self.source.pos();
+                Some(Head { record, end, state_after: taken.state, base: None, gap: Some(bytes) })
+            }
+            Next::Pending => None,
+        };
+        Ok(())
+    }
+}
+
+/// The ingest side of one sandbox epoch.
+pub struct SandboxIngest {
+    name: String,
+    logs: PathBuf,
+    logs_id: FileId,
+    timeline: Arc<Timeline>,
+    feeds: [Feed; 3],
+    /// Per source: merged offset where the last line of each generation ended.
+    gen_ends: [BTreeMap<u32, u64>; 3],
+}
+
+impl SandboxIngest {
+    /// Starts a new epoch for the logs directory `logs` (identified by `logs_id`).
+    pub fn new(name: &str, logs: &Path, logs_id: FileId, epoch: u64) -> SandboxIngest {
+        let feeds = SourceKind::ALL.map(|kind| Feed {
+            source: Source::new(kind, logs),
+            taken: SourceMark::START,
+            based_gen: None,
+            head: None,
+        });
+        let chains = [0, 1, 2].map(|i| feeds[i].source.chain().clone());
+        let meta = FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 };
+        SandboxIngest {
+            name: name.to_string(),
+            logs: logs.to_path_buf(),
+            logs_id,
+            timeline: Arc::new(Timeline::new(epoch, chains, meta)),
+            feeds,
+            gen_ends: Default::default(),
+        }
+    }
+
+    /// The sandbox name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Identity of the logs directory this epoch reads.
+    pub fn logs_id(&self) -> FileId {
+        self.logs_id
+    }
+
+    /// The timeline this ingest appends to.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
+    }
+
+    fn marks(&self) -> [SourceMark; 3] {
+        [0, 1, 2].map(|i| self.feeds[i].taken)
+    }
+
+    fn cursor(&self) -> [CursorPos; 3] {
+        [0, 1, 2].map(|i| {
+            let feed = &self.feeds[i];
+            let pos = feed.taken.pos;
+            let generation = feed.source.chain().get(pos.gen).map_or(0, |g| g.id.ino);
+            CursorPos { generation, offset: if generation == 0 { 0 } else { pos.off } }
+        })
+    }
+
+    /// Reads everything new from the sources and appends it to the timeline.
+    pub fn poll(&mut self) {
+        for i in 0..3 {
+            let report = self.feeds[i].source.refresh();
+            for seq in report.released {
+                if let Some(end) = self.gen_ends[i].remove(&seq) {
+                    self.timeline.retire_until(end);
+                }
+            }
+        }
+        let mut batch = self.timeline.begin_batch();
+        let mut out = self.timeline.size();
+        let mut took_any = false;
+        loop {
+            for i in 0..3 {
+                if let Err(e) = self.feeds[i].load_head() {
+                    tracing::warn!(sandbox = %self.name, source = SourceKind::ALL[i].file_name(), "read failed: {e}");
+                }
+            }
+            let next = (0..3).filter_map(|i| self.feeds[i].head.as_ref().map(|h| (h.record.ts, i))).min();
+            let Some((_, i)) = next else { break };
+            let head = self.feeds[i].head.take().expect("chosen head exists");
+            let kind = SourceKind::ALL[i];
+            let start_gen = self.feeds[i].taken.pos.gen;
+            if let Some((gen, birth)) = head.base {
+                batch.base(kind, gen, birth);
+                self.feeds[i].based_gen = Some(gen);
+            }
+            self.feeds[i].taken = SourceMark { pos: head.end, state: head.state_after };
+            let marks = self.marks();
+            let before = batch.len();
+            match head.gap {
+                Some(bytes) => batch.gap(kind, bytes, &head.state_after, &marks),
+                None => batch.take(kind, &head.record, &marks),
+            }
+            out += (batch.len() - before) as u64;
+            self.gen_ends[i].insert(start_gen.max(head.base.map_or(0, |b| b.0)), out);
+            took_any = true;
+            if batch.len() >= COMMIT_BYTES {
+                batch.set_cursor(self.cursor());
+                self.timeline.commit(std::mem::replace(&mut batch, self.timeline.begin_batch()));
+            }
+        }
+        if took_any {
+            batch.set_cursor(self.cursor());
+        }
+        self.timeline.commit(batch);
+        self.timeline.set_meta(self.file_meta());
+    }
+
+    /// Owner of `exec.log`, permissions no more permissive than any source's.
+    fn file_meta(&self) -> FileMeta {
+        let metas: Vec<std::fs::Metadata> = self
+            .feeds
+            .iter()
+            .filter_map(|f| f.source.chain().last().and_then(|g| g.file()).and_then(|f| f.metadata().ok()))
+            .collect();
+        let dir = std::fs::metadata(&self.logs).ok();
+        let owner = metas.first().or(dir.as_ref());
+        let (uid, gid) = owner.map_or((0, 0), |m| (m.uid(), m.gid()));
+        let mut mode = 0o444u32;
+        for m in &metas {
+            let readable = m.mode();
+            let owner_bit = if m.uid() == uid {
+                readable & 0o400
+            } else if m.gid() == gid {
+                (readable & 0o040) << 3
+            } else {
+                (readable & 0o004) << 6
+            };
+            let group_bit = if m.gid() == gid { readable & 0o040 } else { (readable & 0o004) << 3 };
+            mode &= owner_bit | group_bit | (readable & 0o004);
+        }
+        if metas.is_empty() {
+            mode = 0o400;
+        }
+        let mtime_ms = metas.iter().map(|m| m.mtime() * 1000 + m.mtime_nsec() / 1_000_000).max().unwrap_or(0);
+        FileMeta { uid, gid, mode: mode as u16, mtime_ms }
+    }
+}

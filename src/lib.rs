@@ -1,0 +1,17 @@
+//! msbfs: a read-only FUSE filesystem that shows every microsandbox sandbox as a
+//! directory whose `merged.log` is one rotation-transparent, cursor-addressed,
+//! ever-growing file of all its logs merged.
+//!
+//! Data flows one way (DESIGN §3): producer files → [`source`] → [`ingest`] →
+//! [`timeline`] (op log, renderer, checkpoints) → [`fs`] (handles, follow mode) →
+//! [`fuse`] (thin adapter). [`mount`] wires them together; [`simulate`] is a producer
+//! that writes exactly what microsandbox writes.
+
+pub mod fs;
+pub mod fuse;
+pub mod ingest;
+pub mod mount;
+pub mod simulate;
+pub mod source;
+pub mod time;
+pub mod timeline;

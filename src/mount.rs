@@ -1,0 +1,183 @@
+//! Mounting: argument checks, stale-mountpoint recovery, the FUSE session, and a clean
+//! unmount on SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::fs::Fs;
+use crate::fuse::FuseAdapter;
+use crate::ingest;
+
+/// Worker threads of the FUSE session.
+const FUSE_THREADS: usize = 4;
+
+/// What `msbfs mount` needs.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// The microsandbox home (holding `sandboxes/`).
+    pub home: PathBuf,
+    /// Let other users see the mount (`allow_other`).
+    pub allow_other: bool,
+}
+
+/// Why mounting failed.
+#[derive(Debug)]
+pub enum MountError {
+    /// Bad arguments: a one-line message, exit code 2.
+    Usage(String),
+    /// Anything else.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountError::Usage(m) => f.write_str(m),
+            MountError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for MountError {
+    fn from(e: std::io::Error) -> Self {
+        MountError::Io(e)
+    }
+}
+
+/// `$MSB_HOME`, else `~/.microsandbox`.
+pub fn default_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("MSB_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let user_home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    user_home.join(".microsandbox")
+}
+
+/// Checks the mountpoint, detaching a mount left stale by a crashed daemon.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
+    let meta = match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "stale mount (transport endpoint is not connected); detaching it");
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| MountError::Usage(format!("cannot detach stale mount {}: {e}", mountpoint.display())))?;
+            std::fs::metadata(mountpoint)
+        }
+        other => other,
+    };
+    match meta {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(MountError::Usage(format!("mountpoint {} is not a directory", mountpoint.display()))),
+        Err(e) => Err(MountError::Usage(format!("mountpoint {}: {e}", mountpoint.display()))),
+    }
+}
+
+/// Checks that `home` holds a `sandboxes/` directory.
+pub fn check_home(home: &Path) -> Result<(), MountError> {
+    let sandboxes = home.join("sandboxes");
+    if sandboxes.is_dir() {
+        Ok(())
+    } else {
+        Err(MountError::Usage(format!(
+            "{} has no sandboxes/ directory (is --home or $MSB_HOME a microsandbox home?)",
+            home.display()
+        )))
+    }
+}
+
+fn fuse_config(allow_other: bool) -> fuser::Config {
+    use fuser::MountOption as O;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        O::RO,
+        O::FSName("msbfs".into()),
+        O::Subtype("msbfs".into()),
+        O::DefaultPermissions,
+        O::NoDev,
+        O::NoSuid,
+        O::NoExec,
+        O::NoAtime,
+    ];
+    config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    config
+}
+
+enum Event {
+    Signal(Signal),
+    Ended(std::io::Result<()>),
+}
+
+/// Mounts and serves until SIGINT/SIGTERM/SIGHUP or an external unmount. `ready` runs
+/// once the filesystem is mounted.
+pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
+    check_home(&opts.home)?;
+    prepare_mountpoint(&opts.mountpoint)?;
+    // Block the stop signals before any thread starts, so every thread inherits the
+    // mask and only the waiter below receives them.
+    let mut stop_signals = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop_signals.add(sig);
+    }
+    stop_signals.thread_block().map_err(|e| MountError::Io(e.into()))?;
+
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    let owner = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = Fs::new(owner);
+    let ingest = ingest::spawn(&opts.home, fs.clone())?;
+    let mut session =
+        match fuser::Session::new(FuseAdapter::new(fs.clone()), &opts.mountpoint, &fuse_config(opts.allow_other)) {
+            Ok(s) => s,
+            Err(e) => {
+                ingest.stop();
+                return Err(MountError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("mount {}: {e}", opts.mountpoint.display()),
+                )));
+            }
+        };
+    let mut unmounter = session.unmount_callable();
+    let (tx, rx) = mpsc::channel();
+    let ended = tx.clone();
+    std::thread::Builder::new().name("msbfs-fuse".into()).spawn(move || {
+        let _ = ended.send(Event::Ended(session.run()));
+    })?;
+    std::thread::Builder::new().name("msbfs-signals".into()).spawn(move || {
+        if let Ok(sig) = stop_signals.wait() {
+            let _ = tx.send(Event::Signal(sig));
+        }
+    })?;
+    tracing::info!(mountpoint = %opts.mountpoint.display(), home = %opts.home.display(), "mounted");
+    ready();
+    let result = match rx.recv() {
+        Ok(Event::Signal(sig)) => {
+            tracing::info!("{sig}: unmounting");
+            fs.shutdown();
+            unmount(&mut unmounter, &opts.mountpoint);
+            match rx.recv_timeout(Duration::from_secs(3)) {
+                Ok(Event::Ended(r)) => r.map_err(MountError::Io),
+                _ => Ok(()),
+            }
+        }
+        Ok(Event::Ended(r)) => r.map_err(MountError::Io),
+        Err(_) => Ok(()),
+    };
+    fs.shutdown();
+    ingest.stop();
+    tracing::info!("unmounted");
+    result
+}
+
+fn unmount(unmounter: &mut fuser::SessionUnmounter, mountpoint: &Path) {
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!("unmount: {e}; detaching lazily");
+        if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("lazy unmount failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Reading complete lines from a position in a generation chain, with a bounded buffer.
+//!
+//! The same reader serves ingest (which stops at the live end, never consuming bytes
+//! past the last `\n` of a live file) and replay (which re-reads lines ingest already
+//! counted). It moves from one generation to the next by itself: a sealed generation
+//! is read to its end through the descriptor held for it, and a trailing partial line
+//! is joined with the head of the next generation when the producer rotated.
+
+use std::io;
+use std::sync::Arc;
+
+use super::generation::{Chain, Pos};
+use super::record::RawLine;
+
+/// Longest line consumed; a longer one is skipped up to its `\n` and reported.
+pub const MAX_LINE: usize = 16 << 20;
+/// Bytes of an over-long line kept to quote in the notice.
+const TOO_LONG_HEAD: usize = 4096;
+/// Size of one `pread`.
+const READ_CHUNK: usize = 64 << 10;
+/// Buffers larger than this are shrunk back once empty, so a huge line's memory is
+/// released afterwards.
+const KEEP_CAPACITY: usize = 256 << 10;
+
+/// What the reader found next.
+#[derive(Debug)]
+pub enum Next<'a> {
+    /// A line, the position it starts at, and the position just after it (after its
+    /// `\n`).
+    Line(RawLine<'a>, Pos, Pos),
+    /// Bytes of a generation vanished before they were read; the reader moved to the
+    /// start of the next generation.
+    Gap {
+        /// How many bytes were lost (at least).
+        bytes: u64,
+    },
+    /// Nothing more is complete yet.
+    Pending,
+}
+
+/// A cursor over the lines of one source.
+#[derive(Debug)]
+pub struct LineReader {
+    chain: Arc<Chain>,
+    /// Position of `buf[0]`.
+    start: Pos,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// Where the next read goes.
+    next: Pos,
+    /// When `buf` holds a partial line of an older generation followed by bytes of
+    /// `next.gen`: the index in `buf` where the newer generation begins.
+    boundary: Option<usize>,
+    /// `buf[..scanned]` holds no `\n`.
+    scanned: usize,
+    /// Bytes to drop from the front of `buf` before the next search.
+    consume: usize,
+    /// Position the consumed bytes end at.
+    consume_to: Pos,
+    /// Length skipped so far of an over-long line (its head stays in `buf`).
+    skipped: Option<u64>,
+}
+
+impl LineReader {
+    /// A reader positioned at `pos` of `chain`.
+    pub fn new(chain: Arc<Chain>, pos: Pos) -> LineReader {
+        LineReader {
+            chain,
+            start: pos,
+            buf: Vec::new(),
+            next: pos,
+            boundary: None,
+            scanned: 0,
+            consume: 0,
+            consume_to: pos,
+            skipped: None,
+        }
+    }
+
+    /// Position of the first line not yet returned.
+    pub fn pos(&self) -> Pos {
+        if self.consume > 0 {
+            self.consume_to
+        } else {
+            self.start
+        }
+    }
+
+    /// The chain this reader walks.
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
+    }
+
+    fn apply_consume(&mut self) {
+        if self.consume == 0 {
+            return;
+        }
+        self.buf.drain(..self.consume);
+        self.start = self.consume_to;
+        self.boundary = None;
+        self.consume = 0;
+        self.scanned = 0;
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+    }
+
+    fn pos_at(&self, index: usize) -> Pos {
+        match self.boundary {
+            Some(b) if index >= b => Pos { gen: self.next.gen, off: (index - b) as u64 },
+            _ => Pos { gen: self.start.gen, off: self.start.off + index as u64 },
+        }
+    }
+
+    fn emit(&mut self, len: usize, consumed: usize, end: Pos) -> Next<'_> {
+        self.consume = consumed;
+        self.consume_to = end;
+        let start = self.start;
+        match self.skipped.take() {
+            Some(skipped) => Next::Line(
+                RawLine::TooLong { len: skipped + len as u64, head: &self.buf[..len.min(TOO_LONG_HEAD)] },
+                start,
+                end,
+            ),
+            None => Next::Line(RawLine::Complete(&self.buf[..len]), start, end),
+        }
+    }
+
+    /// Moves to the start of the generation after the current one, dropping anything
+    /// buffered; used when a generation's remaining bytes are lost.
+    pub fn skip_to_next_generation(&mut self) {
+        self.apply_consume();
+        let gen = self.next.gen + 1;
+        self.reset_at(Pos { gen, off: 0 });
+    }
+
+    fn reset_at(&mut self, pos: Pos) {
+        self.buf.clear();
+        self.start = pos;
+        self.next = pos;
+        self.boundary = None;
+        self.scanned = 0;
+        self.skipped = None;
+    }
+
+    /// Returns the next complete line, a gap, or `Pending`.
+    pub fn next_line(&mut self) -> io::Result<Next<'_>> {
+        self.apply_consume();
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+                let len = self.scanned + i;
+                let end = self.pos_at(len + 1);
+                return Ok(self.emit(len, len + 1, end));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > MAX_LINE && self.skipped.is_none()
+                || self.skipped.is_some() && self.buf.len() > TOO_LONG_HEAD * 2
+            {
+                let keep = TOO_LONG_HEAD.min(self.buf.len());
+                let dropped = (self.buf.len() - keep) as u64;
+                self.buf.truncate(keep);
+                *self.skipped.get_or_insert(0) += dropped;
+                self.scanned = keep;
+                if let Some(b) = self.boundary {
+                    // The partial head of the older generation is all that is kept.
+                    self.boundary = Some(b.min(keep));
+                }
+            }
+            let Some(gen) = self.chain.get(self.next.gen) else {
+                return Ok(Next::Pending);
+            };
+            let old_len = self.buf.len();
+            self.buf.resize(old_len + READ_CHUNK, 0);
+            let read = gen.read_at(&mut self.buf[old_len..], self.next.off);
+            match read {
+                Ok(Ok(n)) => {
+                    self.buf.truncate(old_len + n);
+                    if n > 0 {
+                        self.next.off += n as u64;
+                        continue;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.buf.truncate(old_len);
+                    return Err(e);
+                }
+                Err(_released) => {
+                    self.buf.truncate(old_len);
+                    let sealed = gen.sealed_len().unwrap_or(self.next.off);
+                    let lost = sealed.saturating_sub(self.next.off) + self.buf.len() as u64;
+                    self.skip_to_next_generation();
+                    if lost > 0 {
+                        return Ok(Next::Gap { bytes: lost });
+                    }
+                    continue;
+                }
+            }
+            // End of what the generation holds right now.
+            let Some(sealed) = gen.sealed_len() else {
+                return Ok(Next::Pending);
+            };
+            if self.next.off < sealed {
+                // A sealed file shorter than when sealed: its tail is gone.
+                let lost = sealed - self.next.off + self.buf.len() as u64;
+                self.skip_to_next_generation();
+                return Ok(Next::Gap { bytes: lost });
+            }
+            let has_next = self.chain.get(self.next.gen + 1).is_some();
+            if self.buf.is_empty() {
+                if !has_next {
+                    return Ok(Next::Pending);
+                }
+                self.reset_at(Pos { gen: self.next.gen + 1, off: 0 });
+                continue;
+            }
+            if gen.joins_next() {
+                if !has_next || self.boundary.is_some() {
+                    // Wait for the continuation; a partial spanning three generations
+                    // is not something the producer writes, so it waits too.
+                    return Ok(Next::Pending);
+                }
+                self.boundary = Some(self.buf.len());
+                self.next = Pos { gen: self.next.gen + 1, off: 0 };
+                continue;
+            }
+            // A partial line that will never be completed: it is a line of its own.
+            let len = self.buf.len();
+            let end = Pos { gen: self.next.gen, off: sealed };
+            let line_end = if has_next { Pos { gen: self.next.gen + 1, off: 0 } } else { end };
+            self.next = line_end;
+            return Ok(self.emit(len, len, line_end));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The renderer: the only code that produces `merged.log` bytes, for the live end and
+//! for re-rendering old ranges alike.
+//!
+//! A rendered line is `<24-byte timestamp> <tag> <text>\n`; text longer than 64 KiB is
+//! cut into 64 KiB pieces, each its own line, and a trailing `\r` is dropped.
+
+use crate::source::record::{Record, SourceState, Tag};
+use crate::source::SourceKind;
+use crate::time::push_timestamp;
+
+/// Longest text of one rendered line; longer text is cut into pieces of this size.
+pub const MAX_LINE_TEXT: usize = 64 << 10;
+
+/// Appends one rendered line per line of `record.text` (split at `\n`; a final `\n`
+/// does not start another line; empty text renders nothing).
+pub fn render_record(record: &Record, out: &mut Vec<u8>) {
+    let mut text = record.text.as_slice();
+    while !text.is_empty() {
+        let (line, rest) = match memchr::memchr(b'\n', text) {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &text[text.len()..]),
+        };
+        render_line(record.ts, record.tag, line.strip_suffix(b"\r").unwrap_or(line), out);
+        text = rest;
+    }
+}
+
+/// Appends `text` (no `\n` inside) as one or more rendered lines.
+pub fn render_line(ts: i64, tag: Tag, text: &[u8], out: &mut Vec<u8>) {
+    let mut pieces = text.chunks(MAX_LINE_TEXT);
+    let first = pieces.next().unwrap_or(&[]);
+    for piece in std::iter::once(first).chain(pieces) {
+        push_timestamp(out, ts);
+        out.push(b' ');
+        tag.push_to(out);
+        out.push(b' ');
+        out.extend_from_slice(piece);
+        out.push(b'\n');
+    }
+}
+
+/// The notice rendered for a gap of `bytes` unread bytes of `source`.
+pub fn gap_notice(source: SourceKind, bytes: u64, state: &SourceState) -> Record {
+    Record::notice(
+        state.last_ts.unwrap_or(state.birth),
+        format!("{bytes} bytes of {} were lost before msbfs could read them", source.file_name()),
+    )
+}
+
+/// Applies a `Base` op: lines that follow belong to a generation born at `birth`.
+/// Kernel uptime stamps restart at a new generation, so its previous time is forgotten.
+pub fn apply_base(source: SourceKind, birth: i64, state: &mut SourceState) {
+    state.birth = birth;
+    if source == SourceKind::Kernel {
+        state.last_ts = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::parse_rfc3339;
+
+    fn ts() -> i64 {
+        parse_rfc3339("2026-04-30T20:32:59.688Z").unwrap()
+    }
+
+    fn render(tag: Tag, text: &[u8]) -> String {
+        let mut out = Vec::new();
+        render_record(&Record { ts: ts(), tag, text: text.to_vec() }, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn renders_every_tag() {
+        assert_eq!(render(Tag::Stdout(Some(7)), b"hello world\n"), "2026-04-30T20:32:59.688Z stdout[7] hello world\n");
+        assert_eq!(render(Tag::Stderr(Some(7)), b"x\n"), "2026-04-30T20:32:59.688Z stderr[7] x\n");
+        assert_eq!(render(Tag::Output(None), b"x\n"), "2026-04-30T20:32:59.688Z output x\n");
+        assert_eq!(
+            render(Tag::System, b"--- sandbox started ---\n"),
+            "2026-04-30T20:32:59.688Z system --- sandbox started ---\n"
+        );
+        assert_eq!(render(Tag::Runtime, b"INFO a: b"), "2026-04-30T20:32:59.688Z runtime INFO a: b\n");
+        assert_eq!(
+            render(Tag::Kernel, b"[    0.000000] Linux"),
+            "2026-04-30T20:32:59.688Z kernel [    0.000000] Linux\n"
+        );
+        assert_eq!(render(Tag::Notice, b"gap"), "2026-04-30T20:32:59.688Z msbfs gap\n");
+    }
+
+    #[test]
+    fn splits_chunks_into_lines_and_drops_cr() {
+        assert_eq!(
+            render(Tag::Stdout(Some(1)), b"a\r\nb\n\nc\rd\r"),
+            "2026-04-30T20:32:59.688Z stdout[1] a\n2026-04-30T20:32:59.688Z stdout[1] b\n\
+             2026-04-30T20:32:59.688Z stdout[1] \n2026-04-30T20:32:59.688Z stdout[1] c\rd\n"
+        );
+        assert_eq!(render(Tag::Stdout(Some(1)), b"no newline"), "2026-04-30T20:32:59.688Z stdout[1] no newline\n");
+        assert_eq!(render(Tag::Stdout(Some(1)), b""), "");
+    }
+
+    #[test]
+    fn cuts_long_lines_into_64k_pieces() {
+        let text = vec![b'x'; MAX_LINE_TEXT * 2 + 5];
+        let out = render(Tag::Stdout(Some(1)), &text);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let prefix = "2026-04-30T20:32:59.688Z stdout[1] ".len();
+        assert_eq!(lines.iter().map(|l| l.len() - prefix).collect::<Vec<_>>(), [MAX_LINE_TEXT, MAX_LINE_TEXT, 5]);
+    }
+
+    #[test]
+    fn non_utf8_passes_through() {
+        let mut out = Vec::new();
+        render_record(&Record { ts: ts(), tag: Tag::Stdout(Some(1)), text: b"\xff\xfe\n".to_vec() }, &mut out);
+        assert!(out.ends_with(b"stdout[1] \xff\xfe\n"));
+    }
+
+    #[test]
+    fn base_resets_kernel_time_only() {
+        let mut st = SourceState { last_ts: Some(9), birth: 1 };
+        apply_base(SourceKind::Runtime, 5, &mut st);
+        assert_eq!(st, SourceState { last_ts: Some(9), birth: 5 });
+        apply_base(SourceKind::Kernel, 6, &mut st);
+        assert_eq!(st, SourceState { last_ts: None, birth: 6 });
+        let notice = gap_notice(SourceKind::Exec, 12, &st);
+        assert_eq!(
+            (notice.ts, notice.text.as_slice()),
+            (6, &b"12 bytes of exec.log were lost before msbfs could read them"[..])
+        );
+    }
+}
