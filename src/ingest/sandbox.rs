@@ -133,8 +133,9 @@ impl SandboxIngest {
         })
     }
 
-    /// Reads everything new from the sources and appends it to the timeline.
-    pub fn poll(&mut self) {
+    /// Brings every source's chain up to date (new generations opened, so a fast
+    /// producer cannot rotate them away unseen) and retires released generations.
+    fn refresh_sources(&mut self) {
         for i in 0..3 {
             let report = self.feeds[i].source.refresh();
             for seq in report.released {
@@ -143,6 +144,11 @@ impl SandboxIngest {
                 }
             }
         }
+    }
+
+    /// Reads everything new from the sources and appends it to the timeline.
+    pub fn poll(&mut self) {
+        self.refresh_sources();
         let mut batch = self.timeline.begin_batch();
         let mut out = self.timeline.size();
         let mut took_any = false;
@@ -173,7 +179,9 @@ impl SandboxIngest {
             took_any = true;
             if batch.len() >= COMMIT_BYTES {
                 batch.set_cursor(self.cursor());
-                self.timeline.commit(std::mem::replace(&mut batch, self.timeline.begin_batch()));
+                self.timeline.commit(batch);
+                self.refresh_sources();
+                batch = self.timeline.begin_batch();
             }
         }
         if took_any {
