@@ -141,7 +141,8 @@ fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MSBFS_LOG").unwrap_or_else(|_| "info,fuser=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MSBFS_LOG")
+                .unwrap_or_else(|_| "info,fuser=warn,fuser::reply=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

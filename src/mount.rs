@@ -89,23 +89,30 @@ pub fn check_home(home: &Path) -> Result<(), MountError> {
     }
 }
 
-fn fuse_config(allow_other: bool) -> fuser::Config {
-    use fuser::MountOption as O;
+fn fuse_config() -> fuser::Config {
     let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        O::RO,
-        O::FSName("msbfs".into()),
-        O::Subtype("msbfs".into()),
-        O::DefaultPermissions,
-        O::NoDev,
-        O::NoSuid,
-        O::NoExec,
-        O::NoAtime,
-    ];
-    config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     config
+}
+
+/// Mounts a FUSE filesystem of type `fuse.msbfs` (source `msbfs`) read-only on
+/// `mountpoint` and returns the `/dev/fuse` descriptor that serves it. Done by hand
+/// because fuser's own mount ignores the subtype.
+fn mount_fuse(mountpoint: &Path, allow_other: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::mount::MsFlags;
+    use std::os::fd::AsRawFd;
+    let fd: std::os::fd::OwnedFd = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?.into();
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions", fd.as_raw_fd());
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
+    nix::mount::mount(Some("msbfs"), mountpoint, Some("fuse.msbfs"), flags, Some(data.as_str()))
+        .map_err(|e| std::io::Error::other(format!("mount {}: {e}", mountpoint.display())))?;
+    Ok(fd)
 }
 
 enum Event {
@@ -130,18 +137,22 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::new(owner);
     let ingest = ingest::spawn(&opts.home, fs.clone())?;
-    let mut session =
-        match fuser::Session::new(FuseAdapter::new(fs.clone()), &opts.mountpoint, &fuse_config(opts.allow_other)) {
-            Ok(s) => s,
-            Err(e) => {
-                ingest.stop();
-                return Err(MountError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("mount {}: {e}", opts.mountpoint.display()),
-                )));
-            }
-        };
-    let mut unmounter = session.unmount_callable();
+    let acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    let fd = match mount_fuse(&opts.mountpoint, opts.allow_other) {
+        Ok(fd) => fd,
+        Err(e) => {
+            ingest.stop();
+            return Err(MountError::Io(e));
+        }
+    };
+    let session = match fuser::Session::from_fd(FuseAdapter::new(fs.clone()), fd, acl, fuse_config()) {
+        Ok(s) => s,
+        Err(e) => {
+            ingest.stop();
+            unmount(&opts.mountpoint);
+            return Err(MountError::Io(e));
+        }
+    };
     let (tx, rx) = mpsc::channel();
     let ended = tx.clone();
     std::thread::Builder::new().name("msbfs-fuse".into()).spawn(move || {
@@ -158,7 +169,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
         Ok(Event::Signal(sig)) => {
             tracing::info!("{sig}: unmounting");
             fs.shutdown();
-            unmount(&mut unmounter, &opts.mountpoint);
+            unmount(&opts.mountpoint);
             match rx.recv_timeout(Duration::from_secs(3)) {
                 Ok(Event::Ended(r)) => r.map_err(MountError::Io),
                 _ => Ok(()),
@@ -173,8 +184,8 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     result
 }
 
-fn unmount(unmounter: &mut fuser::SessionUnmounter, mountpoint: &Path) {
-    if let Err(e) = unmounter.unmount() {
+fn unmount(mountpoint: &Path) {
+    if let Err(e) = nix::mount::umount(mountpoint) {
         tracing::warn!("unmount: {e}; detaching lazily");
         if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!("lazy unmount failed: {e}");

@@ -75,6 +75,8 @@ pub fn spawn(home: &Path, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHa
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        // Opens and reads (msbfs's own among them) say nothing new.
+        Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
         Ok(event) => {
             for path in event.paths {
                 let _ = events.send(Wake::Changed(path));
