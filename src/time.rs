@@ -38,9 +38,22 @@ pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
-    let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z");
-    out.extend_from_slice(text.as_bytes());
+    let fields = [(y, 4), (mo, 2), (d, 2), (in_day / 3_600_000, 2), (in_day / 60_000 % 60, 2), (in_day / 1000 % 60, 2)];
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let ends = [4, 7, 10, 13, 16, 19];
+    for ((value, width), end) in fields.into_iter().zip(ends) {
+        push_digits(&mut text[end - width..end], value);
+    }
+    push_digits(&mut text[20..23], in_day % 1000);
+    out.extend_from_slice(&text);
+}
+
+/// Writes `value` as zero-padded decimal digits filling `slot`.
+fn push_digits(slot: &mut [u8], mut value: i64) {
+    for b in slot.iter_mut().rev() {
+        *b = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Formats `ms` as a rendered timestamp string.

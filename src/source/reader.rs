@@ -44,13 +44,16 @@ pub struct LineReader {
     chain: Arc<Chain>,
     /// Position of `buf[0]`.
     start: Pos,
-    /// Bytes read and not yet consumed.
+    /// Bytes read; `buf[head..]` are not yet consumed. Consumed bytes are dropped in
+    /// one move only when more must be read, so taking a line costs no copy.
     buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`; every other index is relative to it.
+    head: usize,
     /// Where the next read goes.
     next: Pos,
-    /// When `buf` holds a partial line of an older generation followed by bytes of
-    /// `next.gen`: the index in `buf` where the newer generation begins.
-    boundary: Option<usize>,
+    /// True while `buf` holds a partial line of an older generation followed by
+    /// bytes of `next.gen` (a line split by rotation).
+    joined: bool,
     /// `buf[..scanned]` holds no `\n`.
     scanned: usize,
     /// Bytes to drop from the front of `buf` before the next search.
@@ -68,8 +71,9 @@ impl LineReader {
             chain,
             start: pos,
             buf: Vec::new(),
+            head: 0,
             next: pos,
-            boundary: None,
+            joined: false,
             scanned: 0,
             consume: 0,
             consume_to: pos,
@@ -95,21 +99,25 @@ impl LineReader {
         if self.consume == 0 {
             return;
         }
-        self.buf.drain(..self.consume);
+        self.head += self.consume;
         self.start = self.consume_to;
-        self.boundary = None;
+        self.joined = false;
         self.consume = 0;
         self.scanned = 0;
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = Vec::new();
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = Vec::new();
+            }
         }
     }
 
-    fn pos_at(&self, index: usize) -> Pos {
-        match self.boundary {
-            Some(b) if index >= b => Pos { gen: self.next.gen, off: (index - b) as u64 },
-            _ => Pos { gen: self.start.gen, off: self.start.off + index as u64 },
-        }
+    /// Position just after unconsumed byte `index`, which was read from `next.gen`
+    /// (every newline is found in freshly read bytes, which all come from it).
+    fn pos_after(&self, index: usize) -> Pos {
+        let unread_after = (self.buf.len() - self.head - index - 1) as u64;
+        Pos { gen: self.next.gen, off: self.next.off - unread_after }
     }
 
     fn emit(&mut self, len: usize, consumed: usize, end: Pos) -> Next<'_> {
@@ -118,17 +126,20 @@ impl LineReader {
         let start = self.start;
         match self.skipped.take() {
             Some(skipped) => Next::Line(
-                RawLine::TooLong { len: skipped + len as u64, head: &self.buf[..len.min(TOO_LONG_HEAD)] },
+                RawLine::TooLong {
+                    len: skipped + len as u64,
+                    head: &self.buf[self.head..self.head + len.min(TOO_LONG_HEAD)],
+                },
                 start,
                 end,
             ),
-            None => Next::Line(RawLine::Complete(&self.buf[..len]), start, end),
+            None => Next::Line(RawLine::Complete(&self.buf[self.head..self.head + len]), start, end),
         }
     }
 
     /// Moves to the start of the generation after the current one, dropping anything
     /// buffered; used when a generation's remaining bytes are lost.
-    pub fn skip_to_next_generation(&mut self) {
+    fn skip_to_next_generation(&mut self) {
         self.apply_consume();
         let gen = self.next.gen + 1;
         self.reset_at(Pos { gen, off: 0 });
@@ -136,9 +147,10 @@ impl LineReader {
 
     fn reset_at(&mut self, pos: Pos) {
         self.buf.clear();
+        self.head = 0;
         self.start = pos;
         self.next = pos;
-        self.boundary = None;
+        self.joined = false;
         self.scanned = 0;
         self.skipped = None;
     }
@@ -147,11 +159,14 @@ impl LineReader {
     pub fn next_line(&mut self) -> io::Result<Next<'_>> {
         self.apply_consume();
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.head + self.scanned..]) {
                 let len = self.scanned + i;
-                let end = self.pos_at(len + 1);
+                let end = self.pos_after(len);
                 return Ok(self.emit(len, len + 1, end));
             }
+            // Drop consumed bytes before reading more: one move per buffer refill.
+            self.buf.drain(..self.head);
+            self.head = 0;
             self.scanned = self.buf.len();
             if self.buf.len() > MAX_LINE && self.skipped.is_none()
                 || self.skipped.is_some() && self.buf.len() > TOO_LONG_HEAD * 2
@@ -161,10 +176,6 @@ impl LineReader {
                 self.buf.truncate(keep);
                 *self.skipped.get_or_insert(0) += dropped;
                 self.scanned = keep;
-                if let Some(b) = self.boundary {
-                    // The partial head of the older generation is all that is kept.
-                    self.boundary = Some(b.min(keep));
-                }
             }
             let Some(gen) = self.chain.get(self.next.gen) else {
                 return Ok(Next::Pending);
@@ -214,12 +225,12 @@ impl LineReader {
                 continue;
             }
             if gen.joins_next() {
-                if !has_next || self.boundary.is_some() {
+                if !has_next || self.joined {
                     // Wait for the continuation; a partial spanning three generations
                     // is not something the producer writes, so it waits too.
                     return Ok(Next::Pending);
                 }
-                self.boundary = Some(self.buf.len());
+                self.joined = true;
                 self.next = Pos { gen: self.next.gen + 1, off: 0 };
                 continue;
             }

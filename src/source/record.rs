@@ -111,9 +111,19 @@ impl Tag {
             Tag::Notice => ("msbfs", None),
         };
         out.extend_from_slice(name.as_bytes());
-        if let Some(id) = id {
+        if let Some(mut id) = id {
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (id % 10) as u8;
+                id /= 10;
+                if id == 0 {
+                    break;
+                }
+            }
             out.push(b'[');
-            out.extend_from_slice(id.to_string().as_bytes());
+            out.extend_from_slice(&digits[at..]);
             out.push(b']');
         }
     }
@@ -232,7 +242,7 @@ fn strip_cr(bytes: &[u8]) -> &[u8] {
 }
 
 /// Removes ANSI escape sequences (CSI `ESC [ … final`, OSC `ESC ] … BEL|ESC \`, and
-/// two-byte `ESC x`).
+/// `ESC [intermediates] final`).
 pub fn strip_ansi(bytes: &[u8]) -> Cow<'_, [u8]> {
     if memchr::memchr(0x1b, bytes).is_none() {
         return Cow::Borrowed(bytes);
@@ -267,7 +277,14 @@ pub fn strip_ansi(bytes: &[u8]) -> Cow<'_, [u8]> {
                     i += 1;
                 }
             }
-            Some(_) => i += 2,
+            Some(_) => {
+                // ESC, intermediate bytes (0x20..=0x2f), one final byte.
+                i += 1;
+                while i < bytes.len() && (0x20..=0x2f).contains(&bytes[i]) {
+                    i += 1;
+                }
+                i += 1;
+            }
             None => i += 1,
         }
     }

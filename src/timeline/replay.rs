@@ -64,9 +64,12 @@ pub fn render_segment(chains: &[Arc<Chain>; 3], cp: &Checkpoint, ops: &[u8], len
             }
             Op::Base { source, birth, .. } => apply_base(source, birth, &mut states[source.index()]),
             Op::Gap { source, bytes } => {
+                // The reader meets the lost generation again, exactly as ingest did.
                 let i = source.index();
-                readers[i].skip_to_next_generation();
-                render_record(&gap_notice(source, bytes, &states[i]), &mut out);
+                match readers[i].next_line().map_err(ReplayError::Io)? {
+                    Next::Gap { .. } => render_record(&gap_notice(source, bytes, &states[i]), &mut out),
+                    Next::Line(..) | Next::Pending => return Err(ReplayError::Mismatch),
+                }
             }
         }
         skip = 0;
