@@ -139,6 +139,7 @@ fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
 }
 
 fn main() -> ExitCode {
+    let stop_signals = mount::block_stop_signals();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MSBFS_LOG")
@@ -176,12 +177,8 @@ fn main() -> ExitCode {
             let stop = Arc::new(AtomicBool::new(false));
             {
                 let stop = stop.clone();
-                let mut signals = nix::sys::signal::SigSet::empty();
-                signals.add(nix::sys::signal::Signal::SIGINT);
-                signals.add(nix::sys::signal::Signal::SIGTERM);
-                let _ = signals.thread_block();
                 std::thread::spawn(move || {
-                    if signals.wait().is_ok() {
+                    if stop_signals.wait().is_ok() {
                         stop.store(true, Ordering::Relaxed);
                     }
                 });

@@ -120,18 +120,26 @@ enum Event {
     Ended(std::io::Result<()>),
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and returns them as a set
+/// to wait on. Call it before any thread starts (threads inherit the mask), so no
+/// thread dies of a stop signal and only a `sigwait` receives it.
+pub fn block_stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    // Blocking signals of the own thread cannot fail with a valid set.
+    let _ = set.thread_block();
+    set
+}
+
 /// Mounts and serves until SIGINT/SIGTERM/SIGHUP or an external unmount. `ready` runs
-/// once the filesystem is mounted.
+/// once the filesystem is mounted. The stop signals must already be blocked in every
+/// thread ([`block_stop_signals`] first thing in `main`).
 pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     check_home(&opts.home)?;
     prepare_mountpoint(&opts.mountpoint)?;
-    // Block the stop signals before any thread starts, so every thread inherits the
-    // mask and only the waiter below receives them.
-    let mut stop_signals = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        stop_signals.add(sig);
-    }
-    stop_signals.thread_block().map_err(|e| MountError::Io(e.into()))?;
+    let stop_signals = block_stop_signals();
 
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
