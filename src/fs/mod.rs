@@ -113,6 +113,7 @@ pub struct SandboxNode {
 
 /// An open `merged.log`.
 struct Handle {
+    fh: u64,
     node: Arc<SandboxNode>,
     nonblock: bool,
     /// End-of-file answers in a row.
@@ -291,6 +292,7 @@ impl Fs {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
+            fh,
             node,
             nonblock: flags & libc::O_NONBLOCK != 0,
             eofs: 0,
@@ -304,7 +306,9 @@ impl Fs {
 
     /// Closes handle `fh`.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        if let Some(handle) = self.handles.lock().remove(&fh) {
+            handle.lock().node.timeline.untrack_reader(fh);
+        }
     }
 
     /// Number of open handles.
@@ -351,7 +355,11 @@ impl Fs {
         if out.len() < size {
             match h.node.timeline.read(merged, size - out.len(), &mut h.memo) {
                 Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(below) => {
+                Err(mut below) => {
+                    // Settle on an offset that renders, so one notice covers the loss.
+                    while let Err(further) = h.node.timeline.read(below.horizon, 1, &mut h.memo) {
+                        below = further;
+                    }
                     let mut notice = Vec::new();
                     let text = format!(
                         "{} bytes before offset {} are no longer retained",
@@ -365,6 +373,8 @@ impl Fs {
                 }
             }
         }
+        let next = ((offset + out.len() as u64) as i64 + h.delta).max(0) as u64;
+        h.node.timeline.track_reader(h.fh, next);
         if !out.is_empty() {
             h.eofs = 0;
             return Attempt::Data(out);

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::source::generation::FileId;
+use crate::source::Arrivals;
 use crate::timeline::Timeline;
 use sandbox::SandboxIngest;
 
@@ -74,10 +76,19 @@ pub fn spawn(home: &Path, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHa
     let sandboxes = home.join("sandboxes");
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
+    let arrivals = Arc::new(Arrivals::default());
+    let opener = arrivals.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         // Opens and reads (msbfs's own among them) say nothing new.
         Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
         Ok(event) => {
+            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) {
+                // Hold every new live file at once, before a fast producer can
+                // rotate it away while ingest is busy.
+                for path in &event.paths {
+                    opener.record(path);
+                }
+            }
             for path in event.paths {
                 let _ = events.send(Wake::Changed(path));
             }
@@ -87,7 +98,7 @@ pub fn spawn(home: &Path, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHa
         }
     })
     .map_err(std::io::Error::other)?;
-    let mut ingest = Ingest { sandboxes, catalog, watcher, live: BTreeMap::new(), watched: BTreeSet::new() };
+    let mut ingest = Ingest { sandboxes, arrivals, catalog, watcher, live: BTreeMap::new(), watched: BTreeSet::new() };
     ingest.watch(&ingest.sandboxes.clone());
     ingest.rescan();
     let thread = std::thread::Builder::new().name("msbfs-ingest".into()).spawn(move || ingest.run(rx))?;
@@ -96,6 +107,7 @@ pub fn spawn(home: &Path, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHa
 
 struct Ingest {
     sandboxes: PathBuf,
+    arrivals: Arc<Arrivals>,
     catalog: Arc<dyn Catalog>,
     watcher: notify::RecommendedWatcher,
     live: BTreeMap<String, SandboxIngest>,
@@ -124,14 +136,20 @@ impl Ingest {
     fn run(mut self, rx: Receiver<Wake>) {
         let mut last_full = Instant::now();
         loop {
-            let timeout = FALLBACK_POLL.saturating_sub(last_full.elapsed());
+            let next_flush = self.live.values().filter_map(|sb| sb.next_flush()).min();
+            let until_flush = next_flush.map_or(FALLBACK_POLL, |at| at.saturating_duration_since(Instant::now()));
+            let timeout = FALLBACK_POLL.saturating_sub(last_full.elapsed()).min(until_flush);
             let first = match rx.recv_timeout(timeout) {
                 Ok(wake) => Some(wake),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut dirty = BTreeSet::new();
-            let mut rescan = first.is_none();
+            let now = Instant::now();
+            dirty.extend(
+                self.live.iter().filter(|(_, sb)| sb.next_flush().is_some_and(|at| at <= now)).map(|(n, _)| n.clone()),
+            );
+            let mut rescan = first.is_none() && last_full.elapsed() >= FALLBACK_POLL;
             for wake in first.into_iter().chain(rx.try_iter()) {
                 match wake {
                     Wake::Stop => return self.shutdown(),
@@ -159,8 +177,8 @@ impl Ingest {
     }
 
     fn shutdown(&mut self) {
-        for (name, sb) in std::mem::take(&mut self.live) {
-            sb.timeline().close();
+        for (name, mut sb) in std::mem::take(&mut self.live) {
+            sb.finish();
             self.catalog.sandbox_removed(&name);
         }
     }
@@ -208,11 +226,13 @@ impl Ingest {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            if let Some(sb) = self.live.remove(&name) {
+            if let Some(mut sb) = self.live.remove(&name) {
                 tracing::info!(sandbox = %name, "sandbox gone");
-                sb.timeline().close();
+                sb.finish();
                 self.catalog.sandbox_removed(&name);
-                self.unwatch(&self.sandboxes.join(&name).join("logs"));
+                let logs = self.sandboxes.join(&name).join("logs");
+                self.unwatch(&logs);
+                self.arrivals.forget_dir(&logs);
             }
         }
         for (name, (logs, id)) in seen {
@@ -220,7 +240,7 @@ impl Ingest {
                 tracing::info!(sandbox = %name, "sandbox found");
                 self.watch(&logs);
                 self.watch(&self.sandboxes.join(&name));
-                let mut sb = SandboxIngest::new(&name, &logs, id, new_epoch_id());
+                let mut sb = SandboxIngest::with_arrivals(&name, &logs, id, new_epoch_id(), self.arrivals.clone());
                 sb.poll();
                 self.catalog.sandbox_added(&name, sb.timeline().clone());
                 self.live.insert(name, sb);

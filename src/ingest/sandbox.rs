@@ -2,21 +2,29 @@
 //! `(timestamp, source, position)` and append the decisions and rendered bytes to the
 //! timeline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::source::generation::{FileId, Pos};
 use crate::source::reader::Next;
-use crate::source::record::{parse_line, Record, SourceState};
-use crate::source::{Source, SourceKind};
-use crate::timeline::render::apply_base;
+use crate::source::record::{parse_line, Record, SourceState, Tag};
+use crate::source::{Arrivals, Source, SourceKind};
+use crate::timeline::render::{apply_base, Assembler};
 use crate::timeline::{CursorPos, FileMeta, SourceMark, Timeline};
 
 /// Rendered bytes after which a batch is committed even while more lines are ready,
 /// so a large history becomes visible progressively and batch memory stays bounded.
 const COMMIT_BYTES: usize = 1 << 20;
+/// A line fragment waiting this long for the rest of its line is rendered as a line of
+/// its own (a prompt, a progress bar).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
+/// Deleted generations per source kept open for readers that still need their bytes;
+/// beyond this the oldest is released anyway, so a reader that never moves cannot
+/// pin deleted files forever.
+const MAX_PINNED_DELETED: usize = 16;
 
 /// A parsed line waiting to be merged.
 #[derive(Debug)]
@@ -82,13 +90,29 @@ pub struct SandboxIngest {
     feeds: [Feed; 3],
     /// Per source: merged offset where the last line of each generation ended.
     gen_ends: [BTreeMap<u32, u64>; 3],
+    /// The live end's line reassembly.
+    assembler: Assembler,
+    /// When ingest first saw each held fragment (wall clock; decisions taken from it
+    /// are recorded as `Flush` ops, so replay never consults the clock).
+    held_since: HashMap<Tag, Instant>,
 }
 
 impl SandboxIngest {
     /// Starts a new epoch for the logs directory `logs` (identified by `logs_id`).
     pub fn new(name: &str, logs: &Path, logs_id: FileId, epoch: u64) -> SandboxIngest {
+        SandboxIngest::with_arrivals(name, logs, logs_id, epoch, Arc::default())
+    }
+
+    /// Like [`SandboxIngest::new`], adopting files the watcher opened on arrival.
+    pub fn with_arrivals(
+        name: &str,
+        logs: &Path,
+        logs_id: FileId,
+        epoch: u64,
+        arrivals: Arc<Arrivals>,
+    ) -> SandboxIngest {
         let feeds = SourceKind::ALL.map(|kind| Feed {
-            source: Source::new(kind, logs),
+            source: Source::with_arrivals(kind, logs, arrivals.clone()),
             taken: SourceMark::START,
             based_gen: None,
             head: None,
@@ -102,6 +126,8 @@ impl SandboxIngest {
             timeline: Arc::new(Timeline::new(epoch, chains, meta)),
             feeds,
             gen_ends: Default::default(),
+            assembler: Assembler::default(),
+            held_since: HashMap::new(),
         }
     }
 
@@ -134,14 +160,20 @@ impl SandboxIngest {
     }
 
     /// Brings every source's chain up to date (new generations opened, so a fast
-    /// producer cannot rotate them away unseen) and retires released generations.
+    /// producer cannot rotate them away unseen) and releases deleted generations that
+    /// no reader needs any more, moving the horizon past their bytes.
     fn refresh_sources(&mut self) {
         for i in 0..3 {
             let report = self.feeds[i].source.refresh();
-            for seq in report.released {
-                if let Some(end) = self.gen_ends[i].remove(&seq) {
-                    self.timeline.retire_until(end);
+            let pinned = report.deleted.len();
+            for (n, seq) in report.deleted.into_iter().enumerate() {
+                let end = self.gen_ends[i].get(&seq).copied().unwrap_or(0);
+                if !self.timeline.readers_past(end) && pinned - n <= MAX_PINNED_DELETED {
+                    break;
                 }
+                self.feeds[i].source.release(seq);
+                self.gen_ends[i].remove(&seq);
+                self.timeline.retire_until(end);
             }
         }
     }
@@ -171,8 +203,8 @@ impl SandboxIngest {
             let marks = self.marks();
             let before = batch.len();
             match head.gap {
-                Some(bytes) => batch.gap(kind, bytes, &head.state_after, &marks),
-                None => batch.take(kind, &head.record, &marks),
+                Some(bytes) => batch.gap(kind, bytes, &head.state_after, &mut self.assembler, &marks),
+                None => batch.take(kind, &head.record, &mut self.assembler, &marks),
             }
             out += (batch.len() - before) as u64;
             self.gen_ends[i].insert(start_gen.max(head.base.map_or(0, |b| b.0)), out);
@@ -184,11 +216,43 @@ impl SandboxIngest {
                 batch = self.timeline.begin_batch();
             }
         }
+        self.flush_due(&mut batch, Instant::now());
         if took_any {
             batch.set_cursor(self.cursor());
         }
         self.timeline.commit(batch);
         self.timeline.set_meta(self.file_meta());
+    }
+
+    /// Flushes fragments that waited [`FLUSH_AFTER`] and starts the clock of new ones.
+    fn flush_due(&mut self, batch: &mut crate::timeline::Batch, now: Instant) {
+        let held: Vec<Tag> = self.assembler.held_streams().collect();
+        self.held_since.retain(|tag, _| held.contains(tag));
+        for tag in held {
+            let since = *self.held_since.entry(tag).or_insert(now);
+            if now.duration_since(since) >= FLUSH_AFTER {
+                let marks = self.marks();
+                batch.flush(Some(tag), &mut self.assembler, &marks);
+                self.held_since.remove(&tag);
+            }
+        }
+    }
+
+    /// When the oldest held fragment falls due, if any is held.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.held_since.values().min().map(|since| *since + FLUSH_AFTER)
+    }
+
+    /// Flushes every held fragment (the sandbox stopped or msbfs is stopping) and
+    /// closes the timeline.
+    pub fn finish(&mut self) {
+        if !self.assembler.is_empty() {
+            let mut batch = self.timeline.begin_batch();
+            let marks = self.marks();
+            batch.flush(None, &mut self.assembler, &marks);
+            self.timeline.commit(batch);
+        }
+        self.timeline.close();
     }
 
     /// Owner of `exec.log`, permissions no more permissive than any source's.

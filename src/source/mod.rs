@@ -8,12 +8,14 @@ pub mod generation;
 pub mod reader;
 pub mod record;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use generation::{birth_time_ms, open_regular, Chain, FileId, Generation, Pos};
 use reader::{LineReader, Next};
@@ -24,8 +26,44 @@ pub use record::SourceKind;
 pub struct Refresh {
     /// Generations that appeared (sequence numbers).
     pub added: Vec<u32>,
-    /// Generations whose files the producer deleted and that msbfs closed.
-    pub released: Vec<u32>,
+    /// Generations whose files the producer deleted and that ingest has read to their
+    /// end, oldest first: still held, to be released once no reader needs them.
+    pub deleted: Vec<u32>,
+}
+
+/// Files opened the moment they appeared at a live-file path (from the watcher's
+/// thread), waiting in creation order for their source to adopt them. A producer that
+/// rotates faster than ingest scans cannot destroy a generation msbfs never held.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    files: Mutex<HashMap<PathBuf, Vec<(File, std::fs::Metadata)>>>,
+}
+
+impl Arrivals {
+    /// Opens `path` if it names a source's live file (`exec.log`, `runtime.log`,
+    /// `kernel.log`) and is a regular file, and keeps it for its source.
+    pub fn record(&self, path: &Path) {
+        let is_live = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| SourceKind::ALL.iter().any(|k| k.file_name() == n));
+        if !is_live {
+            return;
+        }
+        if let Ok(Some(opened)) = open_regular(path) {
+            self.files.lock().entry(path.to_path_buf()).or_default().push(opened);
+        }
+    }
+
+    /// Takes the files that arrived at `path`, oldest first.
+    fn take(&self, path: &Path) -> Vec<(File, std::fs::Metadata)> {
+        self.files.lock().remove(path).unwrap_or_default()
+    }
+
+    /// Drops whatever arrived under directory `dir` (its sandbox is gone).
+    pub fn forget_dir(&self, dir: &Path) {
+        self.files.lock().retain(|path, _| !path.starts_with(dir));
+    }
 }
 
 /// A file found at one path of the chain during a scan.
@@ -44,12 +82,18 @@ pub struct Source {
     chain: Arc<Chain>,
     reader: LineReader,
     warned: HashSet<(PathBuf, Option<FileId>)>,
+    arrivals: Arc<Arrivals>,
 }
 
 impl Source {
     /// A source reading `dir/<kind file>` and its rotated siblings; nothing is opened
     /// until the first [`Source::refresh`].
     pub fn new(kind: SourceKind, dir: &Path) -> Source {
+        Source::with_arrivals(kind, dir, Arc::default())
+    }
+
+    /// Like [`Source::new`], also adopting files the watcher opened on arrival.
+    pub fn with_arrivals(kind: SourceKind, dir: &Path, arrivals: Arc<Arrivals>) -> Source {
         let chain = Arc::new(Chain::default());
         Source {
             kind,
@@ -57,7 +101,35 @@ impl Source {
             reader: LineReader::new(chain.clone(), Pos::default()),
             chain,
             warned: HashSet::new(),
+            arrivals,
         }
+    }
+
+    /// Appends files that appeared at the live path since the last refresh, in the
+    /// order they appeared, unless already in the chain. Each one makes the
+    /// generation before it final.
+    fn adopt_arrivals(&mut self, report: &mut Refresh) {
+        for (file, meta) in self.arrivals.take(&self.path(0)) {
+            let id = FileId::of(&meta);
+            if self.chain.all().iter().any(|g| g.id == id && !g.is_released()) {
+                continue;
+            }
+            self.push_generation(file, &meta, report);
+        }
+    }
+
+    /// Seals the live generation (the producer moved on) and appends `file` as the
+    /// new live one.
+    fn push_generation(&mut self, file: File, meta: &std::fs::Metadata, report: &mut Refresh) -> Arc<Generation> {
+        if let Some(prev) = self.chain.last().filter(|g| g.sealed_len().is_none()) {
+            let len = prev.file().and_then(|f| f.metadata().ok()).map_or(prev.seen_len(), |m| m.len());
+            prev.seal(len, self.kind.rotated_siblings() > 0);
+        }
+        let birth = birth_time_ms(&file, meta);
+        let gen = self.chain.push(FileId::of(meta), birth, Arc::new(file));
+        gen.observe(&gen.file().expect("just opened"), meta.len());
+        report.added.push(gen.seq);
+        gen
     }
 
     /// Which log this is.
@@ -149,6 +221,12 @@ impl Source {
     /// and releases deleted ones ingest no longer needs.
     pub fn refresh(&mut self) -> Refresh {
         let mut report = Refresh::default();
+        // Arrivals are newer than every generation already held; at first sight the
+        // scan must find the older history first.
+        let first_sight = self.chain.is_empty();
+        if !first_sight {
+            self.adopt_arrivals(&mut report);
+        }
         let gens = self.chain.all();
         let held: HashSet<FileId> = gens.iter().filter(|g| !g.is_released()).map(|g| g.id).collect();
         let found = self.scan(&held);
@@ -164,20 +242,16 @@ impl Source {
         let count = fresh.len();
         for (n, f) in fresh.into_iter().enumerate() {
             let (file, meta) = f.file.expect("fresh files are open");
-            if let Some(prev) = self.chain.last().filter(|g| g.sealed_len().is_none()) {
-                let len = prev.file().and_then(|f| f.metadata().ok()).map_or(prev.seen_len(), |m| m.len());
-                prev.seal(len, true);
-            }
-            let birth = birth_time_ms(&file, &meta);
-            let gen = self.chain.push(f.id, birth, Arc::new(file));
+            let gen = self.push_generation(file, &meta, &mut report);
             if n + 1 < count {
                 // Older than the live file: the producer is done with it.
                 gen.seal(meta.len(), true);
             }
-            gen.observe(&gen.file().expect("just opened"), meta.len());
-            report.added.push(gen.seq);
         }
-        self.release_deleted(&mut report);
+        if first_sight {
+            self.adopt_arrivals(&mut report);
+        }
+        self.find_deleted(&mut report);
         report
     }
 
@@ -185,19 +259,22 @@ impl Source {
     fn check_live(&mut self, live: &Arc<Generation>, found: &[Found], report: &mut Refresh) {
         let Some(file) = live.file() else { return };
         let Ok(meta) = file.metadata() else { return };
+        let mut live = live.clone();
+        if !live.observe(&file, meta.len()) {
+            // Truncated or rewritten in place (copytruncate), whatever its name is now:
+            // the old content is gone; the same descriptor reads a new generation.
+            // It was born at the truncation; the modification time is the closest
+            // record of that (the inode's birth time belongs to the old content).
+            tracing::info!(file = self.kind.file_name(), "truncated in place; new generation");
+            live.seal(live.seen_len(), false);
+            live.release();
+            let truncated_ms = meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000;
+            live = self.chain.push(live.id, truncated_ms, file.clone());
+            live.observe(&file, meta.len());
+            report.added.push(live.seq);
+        }
         match found.iter().find(|f| f.id == live.id) {
-            Some(f) if f.index == 0 && live.observe(&file, meta.len()) => {}
-            Some(f) if f.index == 0 => {
-                // Truncated or rewritten in place (copytruncate): the old content is
-                // gone; the same descriptor now reads a new generation.
-                tracing::info!(file = self.kind.file_name(), "truncated in place; new generation");
-                live.seal(live.seen_len(), false);
-                live.release();
-                let birth = birth_time_ms(&file, &meta);
-                let gen = self.chain.push(live.id, birth, file.clone());
-                gen.observe(&file, meta.len());
-                report.added.push(gen.seq);
-            }
+            Some(f) if f.index == 0 => {}
             // Renamed into the chain: rotation. The producer writes no more to it.
             Some(_) => live.seal(meta.len(), true),
             None if meta.nlink() == 0 || found.iter().any(|f| f.index == 0) => {
@@ -208,8 +285,8 @@ impl Source {
         }
     }
 
-    /// Closes generations that the producer deleted and ingest has read past.
-    fn release_deleted(&mut self, report: &mut Refresh) {
+    /// Lists generations that the producer deleted and ingest has read past.
+    fn find_deleted(&mut self, report: &mut Refresh) {
         let reading = self.reader.pos().gen;
         for gen in self.chain.all() {
             if gen.seq >= reading || gen.is_released() {
@@ -217,9 +294,15 @@ impl Source {
             }
             let deleted = gen.file().and_then(|f| f.metadata().ok()).is_none_or(|m| m.nlink() == 0);
             if deleted {
-                gen.release();
-                report.released.push(gen.seq);
+                report.deleted.push(gen.seq);
             }
+        }
+    }
+
+    /// Closes generation `seq` (its bytes can no longer be rendered).
+    pub fn release(&self, seq: u32) {
+        if let Some(gen) = self.chain.get(seq) {
+            gen.release();
         }
     }
 }

@@ -1,1 +1,636 @@
+//! Unit tests of the source layer: the line reader over a generation chain and
+//! `Source::refresh` against a real directory (rotation, truncation, replacement,
+//! FIFOs, symlinks, inode reuse).
 
+use super::*;
+use crate::source::record::RawLine;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::Duration;
+
+/// An owned copy of what the reader returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Line(Vec<u8>, Pos, Pos),
+    TooLong { len: u64, head: Vec<u8>, start: Pos, end: Pos },
+    Gap(u64),
+    Pending,
+}
+
+fn own(next: Next<'_>) -> Got {
+    match next {
+        Next::Line(RawLine::Complete(b), s, e) => Got::Line(b.to_vec(), s, e),
+        Next::Line(RawLine::TooLong { len, head }, start, end) => Got::TooLong { len, head: head.to_vec(), start, end },
+        Next::Gap { bytes } => Got::Gap(bytes),
+        Next::Pending => Got::Pending,
+    }
+}
+
+fn pos(gen: u32, off: u64) -> Pos {
+    Pos { gen, off }
+}
+
+fn line(text: &str, start: Pos, end: Pos) -> Got {
+    Got::Line(text.as_bytes().to_vec(), start, end)
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// Pushes a generation reading `path` onto `chain`.
+fn push_gen(chain: &Chain, path: &Path) -> Arc<Generation> {
+    let file = File::open(path).unwrap();
+    let meta = file.metadata().unwrap();
+    chain.push(FileId::of(&meta), 0, Arc::new(file))
+}
+
+fn read_reader(r: &mut LineReader) -> Vec<Got> {
+    let mut out = Vec::new();
+    loop {
+        match own(r.next_line().unwrap()) {
+            Got::Pending => return out,
+            g => out.push(g),
+        }
+        assert!(out.len() < 100_000, "reader does not stop");
+    }
+}
+
+fn read_source(s: &mut Source) -> Vec<Got> {
+    let mut out = Vec::new();
+    loop {
+        match own(s.next_line().unwrap()) {
+            Got::Pending => return out,
+            g => out.push(g),
+        }
+        assert!(out.len() < 100_000, "source does not stop");
+    }
+}
+
+fn texts(got: &[Got]) -> Vec<String> {
+    got.iter()
+        .map(|g| match g {
+            Got::Line(b, _, _) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// LineReader
+
+#[test]
+fn reader_returns_complete_lines_only_at_a_live_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a");
+    append(&p, b"one\ntw");
+    let chain = Arc::new(Chain::default());
+    push_gen(&chain, &p);
+    let mut r = LineReader::new(chain.clone(), Pos::default());
+    assert_eq!(read_reader(&mut r), [line("one", pos(0, 0), pos(0, 4))]);
+    assert_eq!(r.pos(), pos(0, 4), "the partial is not consumed");
+    assert_eq!(own(r.next_line().unwrap()), Got::Pending);
+    append(&p, b"o");
+    assert_eq!(own(r.next_line().unwrap()), Got::Pending);
+    append(&p, b"\nthree\n");
+    assert_eq!(read_reader(&mut r), [line("two", pos(0, 4), pos(0, 8)), line("three", pos(0, 8), pos(0, 14))]);
+    assert_eq!(r.pos(), pos(0, 14));
+}
+
+#[test]
+fn reader_handles_a_newline_split_across_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a");
+    // Lines whose `\n` sits exactly at, just before and just after a 64 KiB read boundary.
+    let chunk = 64 << 10;
+    let a = vec![b'a'; chunk - 1]; // `\n` is the last byte of the first read
+    let b = vec![b'b'; chunk]; // `\n` is the first byte of the next read
+    let c = vec![b'c'; chunk + 1];
+    let mut content = Vec::new();
+    for l in [&a, &b, &c] {
+        content.extend_from_slice(l);
+        content.push(b'\n');
+    }
+    append(&p, &content);
+    let chain = Arc::new(Chain::default());
+    push_gen(&chain, &p);
+    let mut r = LineReader::new(chain, Pos::default());
+    let got = read_reader(&mut r);
+    let mut off = 0u64;
+    let mut want = Vec::new();
+    for l in [&a, &b, &c] {
+        let end = off + l.len() as u64 + 1;
+        want.push(Got::Line(l.clone(), pos(0, off), pos(0, end)));
+        off = end;
+    }
+    assert_eq!(got, want);
+
+    // And a `\n` that arrives in a later write than its line.
+    append(&p, b"late");
+    assert_eq!(own(r.next_line().unwrap()), Got::Pending);
+    append(&p, b"\n");
+    assert_eq!(read_reader(&mut r), [line("late", pos(0, off), pos(0, off + 5))]);
+}
+
+#[test]
+fn reader_joins_a_partial_tail_with_the_next_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
+    append(&p0, b"x\npart");
+    let chain = Arc::new(Chain::default());
+    let g0 = push_gen(&chain, &p0);
+    let mut r = LineReader::new(chain.clone(), Pos::default());
+    assert_eq!(read_reader(&mut r), [line("x", pos(0, 0), pos(0, 2))]);
+    // Rotated: sealed with joins_next, but the next generation is not there yet.
+    g0.seal(6, true);
+    assert_eq!(read_reader(&mut r), []);
+    append(&p1, b"");
+    push_gen(&chain, &p1);
+    // The continuation has not arrived yet either.
+    assert_eq!(read_reader(&mut r), []);
+    append(&p1, b"ial");
+    assert_eq!(read_reader(&mut r), []);
+    append(&p1, b"\nnext\n");
+    assert_eq!(read_reader(&mut r), [line("partial", pos(0, 2), pos(1, 4)), line("next", pos(1, 4), pos(1, 9))]);
+    assert_eq!(r.pos(), pos(1, 9));
+
+    // A fresh reader (replay) positioned at the partial's start produces the same.
+    let mut replay = LineReader::new(chain, pos(0, 2));
+    assert_eq!(read_reader(&mut replay), [line("partial", pos(0, 2), pos(1, 4)), line("next", pos(1, 4), pos(1, 9))]);
+}
+
+#[test]
+fn reader_without_joins_next_renders_the_partial_as_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
+    append(&p0, b"x\npart");
+    append(&p1, b"ial\n");
+    let chain = Arc::new(Chain::default());
+    push_gen(&chain, &p0).seal(6, false);
+    push_gen(&chain, &p1);
+    let mut r = LineReader::new(chain, Pos::default());
+    let got = read_reader(&mut r);
+    assert_eq!(got[0], line("x", pos(0, 0), pos(0, 2)));
+    match &got[1] {
+        Got::Line(b, s, _) => assert_eq!((b.as_slice(), *s), (&b"part"[..], pos(0, 2))),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got[2..], [line("ial", pos(1, 0), pos(1, 4))]);
+}
+
+#[test]
+fn reader_partial_of_a_sealed_generation_without_successor_is_emitted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p0 = dir.path().join("g0");
+    append(&p0, b"x\nlast");
+    let chain = Arc::new(Chain::default());
+    push_gen(&chain, &p0).seal(6, false);
+    let mut r = LineReader::new(chain.clone(), Pos::default());
+    let got = read_reader(&mut r);
+    assert_eq!(texts(&got), ["x", "last"]);
+    assert_eq!(read_reader(&mut r), [], "the partial must not be returned twice");
+    let p1 = dir.path().join("g1");
+    append(&p1, b"new\n");
+    push_gen(&chain, &p1);
+    assert_eq!(read_reader(&mut r), [line("new", pos(1, 0), pos(1, 4))]);
+}
+
+#[test]
+fn reader_reports_a_gap_for_a_released_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
+    append(&p0, b"aaa\nbbb\n");
+    append(&p1, b"c\n");
+    let chain = Arc::new(Chain::default());
+    let g0 = push_gen(&chain, &p0);
+    g0.seal(8, true);
+    push_gen(&chain, &p1);
+    g0.release();
+    let mut r = LineReader::new(chain, Pos::default());
+    assert_eq!(read_reader(&mut r), [Got::Gap(8), line("c", pos(1, 0), pos(1, 2))]);
+}
+
+#[test]
+fn reader_gap_counts_exactly_the_unread_bytes() {
+    // A generation larger than one read: part of it is buffered when it is released.
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
+    let mut content = Vec::new();
+    for i in 0..20_000 {
+        content.extend_from_slice(format!("line {i:06}\n").as_bytes());
+    }
+    append(&p0, &content);
+    append(&p1, b"next\n");
+    let chain = Arc::new(Chain::default());
+    let g0 = push_gen(&chain, &p0);
+    g0.seal(content.len() as u64, true);
+    push_gen(&chain, &p1);
+    let mut r = LineReader::new(chain, Pos::default());
+    let mut line_bytes = 0u64;
+    for _ in 0..10 {
+        match own(r.next_line().unwrap()) {
+            Got::Line(b, _, e) => {
+                line_bytes += b.len() as u64 + 1;
+                assert_eq!(e.off, line_bytes);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    g0.release();
+    let got = read_reader(&mut r);
+    let mut gap = None;
+    for g in &got {
+        match g {
+            Got::Line(b, s, _) if s.gen == 0 => line_bytes += b.len() as u64 + 1,
+            Got::Gap(n) => gap = Some(*n),
+            _ => {}
+        }
+    }
+    assert_eq!(line_bytes + gap.expect("a gap is reported"), content.len() as u64, "{:?}", got.last());
+    assert_eq!(got.last(), Some(&line("next", pos(1, 0), pos(1, 5))));
+}
+
+#[test]
+fn reader_skips_a_line_longer_than_the_limit_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a");
+    let long = 17usize << 20;
+    {
+        let mut f = OpenOptions::new().create(true).append(true).open(&p).unwrap();
+        f.write_all(b"first\n").unwrap();
+        let block = vec![b'z'; 1 << 20];
+        for _ in 0..17 {
+            f.write_all(&block).unwrap();
+        }
+        f.write_all(b"\nnext\n").unwrap();
+    }
+    let chain = Arc::new(Chain::default());
+    push_gen(&chain, &p);
+    let mut r = LineReader::new(chain.clone(), Pos::default());
+    let got = read_reader(&mut r);
+    assert_eq!(got.len(), 3, "{:?}", texts(&got).iter().map(|t| t.len()).collect::<Vec<_>>());
+    assert_eq!(got[0], line("first", pos(0, 0), pos(0, 6)));
+    let long_end = 6 + long as u64 + 1;
+    match &got[1] {
+        Got::TooLong { len, head, start, end } => {
+            assert_eq!(*len, long as u64);
+            assert!(!head.is_empty() && head.len() <= 4096 && head.iter().all(|b| *b == b'z'));
+            assert_eq!(*start, pos(0, 6));
+            assert_eq!(*end, pos(0, long_end), "end position of the over-long line");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got[2], line("next", pos(0, long_end), pos(0, long_end + 5)), "the line after it");
+    assert_eq!(r.pos(), pos(0, long_end + 5));
+    // A replay starting after the long line (e.g. at a checkpoint) agrees.
+    let mut replay = LineReader::new(chain, got[1].clone().end());
+    assert_eq!(read_reader(&mut replay), [line("next", pos(0, long_end), pos(0, long_end + 5))]);
+}
+
+impl Got {
+    fn end(self) -> Pos {
+        match self {
+            Got::Line(_, _, e) | Got::TooLong { end: e, .. } => e,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Source::refresh
+
+struct Dir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().to_path_buf();
+        Dir { _tmp: tmp, path }
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+    fn append(&self, name: &str, bytes: &[u8]) {
+        append(&self.p(name), bytes);
+    }
+    /// The producer's rotation: `X.3→X.4 … X→X.1` (no new `X`).
+    fn rename_chain(&self, base: &str) {
+        for n in (1..4).rev() {
+            let _ = std::fs::rename(self.p(&format!("{base}.{n}")), self.p(&format!("{base}.{}", n + 1)));
+        }
+        std::fs::rename(self.p(base), self.p(&format!("{base}.1"))).unwrap();
+    }
+}
+
+fn lines_of(prefix: &str, n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| format!("{prefix} {i}\n").into_bytes()).collect()
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} {i}")).collect()
+}
+
+#[test]
+fn refresh_discovers_the_chain_oldest_first() {
+    let d = Dir::new();
+    d.append("exec.log.2", &lines_of("two", 3));
+    d.append("exec.log.1", &lines_of("one", 2));
+    d.append("exec.log", &lines_of("live", 2));
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    assert_eq!(read_source(&mut s), [], "nothing is opened before refresh");
+    let report = s.refresh();
+    assert_eq!(report, Refresh { added: vec![0, 1, 2], deleted: vec![] });
+    let gens = s.chain().all();
+    assert_eq!(gens.len(), 3);
+    assert!(gens[0].sealed_len().is_some() && gens[0].joins_next());
+    assert!(gens[1].sealed_len().is_some() && gens[1].joins_next());
+    assert_eq!(gens[2].sealed_len(), None, "the live file is not sealed");
+    let got = read_source(&mut s);
+    let want: Vec<String> = [names("two", 3), names("one", 2), names("live", 2)].concat();
+    assert_eq!(texts(&got), want);
+    // A second refresh with nothing changed adds nothing.
+    assert_eq!(s.refresh(), Refresh::default());
+    assert_eq!(read_source(&mut s), []);
+}
+
+#[test]
+fn rotation_reads_the_old_generation_through_its_descriptor() {
+    let d = Dir::new();
+    for (name, tag) in [("exec.log.4", "g4"), ("exec.log.3", "g3"), ("exec.log.2", "g2"), ("exec.log.1", "g1")] {
+        d.append(name, &lines_of(tag, 3));
+    }
+    d.append("exec.log", &lines_of("live", 3));
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    assert_eq!(s.refresh().added, vec![0, 1, 2, 3, 4]);
+    assert_eq!(texts(&[own(s.next_line().unwrap())]), ["g4 0"]);
+    // The producer writes more, then rotates: the old X.4 (which msbfs is reading) is
+    // destroyed by the rename of X.3 onto it.
+    d.append("exec.log", &lines_of("more", 2));
+    d.rename_chain("exec.log");
+    d.append("exec.log", &lines_of("new", 2));
+    let report = s.refresh();
+    assert_eq!(report.added, vec![5]);
+    assert!(report.deleted.is_empty(), "the generation being read is still needed: {report:?}");
+    let old_live = s.chain().get(4).unwrap();
+    assert!(old_live.sealed_len().is_some() && old_live.joins_next());
+    let got = read_source(&mut s);
+    let want: Vec<String> = [
+        names("g4", 3)[1..].to_vec(),
+        names("g3", 3),
+        names("g2", 3),
+        names("g1", 3),
+        names("live", 3),
+        names("more", 2),
+        names("new", 2),
+    ]
+    .concat();
+    assert_eq!(texts(&got), want);
+    // Now that ingest is past it, the destroyed generation is reported, and released
+    // on request.
+    let report = s.refresh();
+    assert_eq!(report.deleted, vec![0]);
+    assert!(!s.chain().get(0).unwrap().is_released(), "held until released");
+    s.release(0);
+    assert!(s.chain().get(0).unwrap().is_released());
+    assert_eq!(s.refresh().deleted, Vec::<u32>::new(), "a released generation is not reported again");
+    assert!(!s.chain().get(1).unwrap().is_released());
+    assert_eq!(read_source(&mut s), []);
+}
+
+#[test]
+fn the_moment_without_a_live_file_loses_nothing() {
+    let d = Dir::new();
+    d.append("runtime.log", b"L1\npart");
+    let mut s = Source::new(SourceKind::Runtime, &d.path);
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), ["L1"]);
+    d.append("runtime.log", b"ial-head");
+    d.rename_chain("runtime.log");
+    // runtime.log does not exist now.
+    assert_eq!(s.refresh(), Refresh::default());
+    assert_eq!(read_source(&mut s), [], "waits for the continuation");
+    assert_eq!(s.refresh(), Refresh::default());
+    d.append("runtime.log", b"-tail\nL3\n");
+    assert_eq!(s.refresh().added, vec![1]);
+    assert_eq!(
+        read_source(&mut s),
+        [line("partial-head-tail", pos(0, 3), pos(1, 6)), line("L3", pos(1, 6), pos(1, 9))]
+    );
+}
+
+#[test]
+fn rotation_with_complete_lines_and_missing_live_file() {
+    let d = Dir::new();
+    d.append("exec.log", &lines_of("a", 2));
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    s.refresh();
+    d.append("exec.log", &lines_of("b", 2));
+    d.rename_chain("exec.log");
+    s.refresh();
+    // Everything of the old generation is readable while X does not exist.
+    assert_eq!(texts(&read_source(&mut s)), [names("a", 2), names("b", 2)].concat());
+    d.append("exec.log", &lines_of("c", 1));
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), names("c", 1));
+}
+
+#[test]
+fn copytruncate_starts_a_new_generation_without_repeating_lines() {
+    let d = Dir::new();
+    d.append("kernel.log", &lines_of("[    0.000100] old line", 5));
+    let mut s = Source::new(SourceKind::Kernel, &d.path);
+    s.refresh();
+    assert_eq!(read_source(&mut s).len(), 5);
+    // Truncated in place and rewritten with less than before.
+    let f = OpenOptions::new().write(true).open(d.p("kernel.log")).unwrap();
+    f.set_len(0).unwrap();
+    d.append("kernel.log", &lines_of("[    0.000200] new", 2));
+    let report = s.refresh();
+    assert_eq!(report.added, vec![1]);
+    assert_eq!(s.chain().get(1).unwrap().id, s.chain().get(0).unwrap().id, "same file, new generation");
+    assert_eq!(texts(&read_source(&mut s)), names("[    0.000200] new", 2));
+    // Truncated and rewritten with more than before: the first bytes differ.
+    f.set_len(0).unwrap();
+    d.append("kernel.log", &lines_of("[    0.000300] renewed and longer than before", 9));
+    assert_eq!(s.refresh().added, vec![2]);
+    assert_eq!(texts(&read_source(&mut s)), names("[    0.000300] renewed and longer than before", 9));
+    // Plain appends are not mistaken for truncation.
+    d.append("kernel.log", &lines_of("[    0.000400] appended", 1));
+    assert_eq!(s.refresh(), Refresh::default());
+    assert_eq!(texts(&read_source(&mut s)), names("[    0.000400] appended", 1));
+}
+
+#[test]
+fn copytruncate_of_unread_bytes_is_a_gap() {
+    let d = Dir::new();
+    let old = lines_of("old", 3);
+    d.append("exec.log", &old);
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    s.refresh();
+    // Seen but not read yet, then truncated.
+    let f = OpenOptions::new().write(true).open(d.p("exec.log")).unwrap();
+    f.set_len(0).unwrap();
+    d.append("exec.log", b"n\n");
+    s.refresh();
+    assert_eq!(read_source(&mut s), [Got::Gap(old.len() as u64), line("n", pos(1, 0), pos(1, 2))]);
+}
+
+#[test]
+fn replacement_by_a_new_inode_is_a_new_generation() {
+    let d = Dir::new();
+    d.append("exec.log", b"a\nb\n");
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), ["a", "b"]);
+    d.append("exec.log", b"c\ntail-without-newline");
+    d.append("exec.log.tmp", b"fresh\n");
+    std::fs::rename(d.p("exec.log.tmp"), d.p("exec.log")).unwrap();
+    assert_eq!(s.refresh().added, vec![1]);
+    let g0 = s.chain().get(0).unwrap();
+    assert!(!g0.joins_next(), "a replaced file does not continue in its successor");
+    assert_ne!(g0.id, s.chain().get(1).unwrap().id);
+    assert_eq!(texts(&read_source(&mut s)), ["c", "tail-without-newline", "fresh"]);
+    assert_eq!(s.refresh().deleted, vec![0]);
+}
+
+#[test]
+fn a_fifo_named_like_a_log_is_never_opened() {
+    let d = Dir::new();
+    let path = std::ffi::CString::new(d.p("exec.log").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    let fifo1 = std::ffi::CString::new(d.p("runtime.log.1").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo1.as_ptr(), 0o644) }, 0);
+    d.append("runtime.log", b"ok\n");
+    let dir = d.path.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut exec = Source::new(SourceKind::Exec, &dir);
+        let mut runtime = Source::new(SourceKind::Runtime, &dir);
+        let a = exec.refresh();
+        let b = runtime.refresh();
+        let lines = texts(&read_source(&mut runtime));
+        let _ = tx.send((a, exec.chain().len(), b, runtime.chain().len(), lines));
+    });
+    let (a, exec_len, b, runtime_len, lines) =
+        rx.recv_timeout(Duration::from_secs(10)).expect("refresh blocked on a FIFO");
+    assert_eq!((a, exec_len), (Refresh::default(), 0));
+    assert_eq!((b.added, runtime_len), (vec![0], 1));
+    assert_eq!(lines, ["ok"]);
+    // open_regular itself refuses it without blocking.
+    assert!(open_regular(&d.p("exec.log")).is_err());
+}
+
+#[test]
+fn a_symlink_named_like_a_log_is_not_followed() {
+    let d = Dir::new();
+    d.append("elsewhere", b"secret\n");
+    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("exec.log")).unwrap();
+    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("exec.log.1")).unwrap();
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    assert_eq!(s.refresh(), Refresh::default());
+    assert!(s.chain().is_empty());
+    assert_eq!(read_source(&mut s), []);
+    assert!(open_regular(&d.p("exec.log")).is_err());
+    // Replaced by a regular file: picked up.
+    std::fs::remove_file(d.p("exec.log")).unwrap();
+    d.append("exec.log", b"real\n");
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), ["real"]);
+}
+
+#[test]
+fn a_reused_inode_number_is_a_new_generation() {
+    let d = Dir::new();
+    d.append("exec.log.1", &lines_of("rotated", 2));
+    d.append("exec.log", &lines_of("live", 2));
+    let mut s = Source::new(SourceKind::Exec, &d.path);
+    s.refresh();
+    assert_eq!(read_source(&mut s).len(), 4);
+    let old_id = s.chain().get(0).unwrap().id;
+    std::fs::remove_file(d.p("exec.log.1")).unwrap();
+    assert_eq!(s.refresh().deleted, vec![0]);
+    s.release(0);
+    // Rotate: the new exec.log is created right after the delete, so the filesystem
+    // may well hand it the inode number of the deleted file.
+    d.rename_chain("exec.log");
+    d.append("exec.log", &lines_of("reborn", 3));
+    let mut reused = false;
+    let new_id = FileId::of(&std::fs::metadata(d.p("exec.log")).unwrap());
+    if new_id == old_id {
+        reused = true;
+    }
+    assert_eq!(s.refresh().added, vec![2]);
+    assert_eq!(texts(&read_source(&mut s)), names("reborn", 3), "inode reused: {reused}");
+    // And a file reusing the number of a released generation at X itself.
+    d.append("exec.log", &lines_of("more", 1));
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), names("more", 1));
+}
+
+#[test]
+fn a_deleted_live_file_recreated_is_read_from_its_start() {
+    let d = Dir::new();
+    d.append("kernel.log", b"[    0.1] a\n");
+    let mut s = Source::new(SourceKind::Kernel, &d.path);
+    s.refresh();
+    assert_eq!(texts(&read_source(&mut s)), ["[    0.1] a"]);
+    std::fs::remove_file(d.p("kernel.log")).unwrap();
+    s.refresh();
+    d.append("kernel.log", b"[    0.2] b\n");
+    assert_eq!(s.refresh().added, vec![1]);
+    assert_eq!(texts(&read_source(&mut s)), ["[    0.2] b"]);
+    assert_eq!(s.refresh().deleted, vec![0]);
+}
+
+#[test]
+fn copytruncate_then_rotation_before_a_refresh_loses_nothing() {
+    // The live file is truncated in place and rewritten, then renamed into the chain,
+    // all between two refreshes: the descriptor msbfs holds now reads new content.
+    for new_len in [1usize, 2, 3] {
+        let d = Dir::new();
+        d.append("exec.log", &lines_of("old-line", 2));
+        let mut s = Source::new(SourceKind::Exec, &d.path);
+        s.refresh();
+        assert_eq!(read_source(&mut s).len(), 2);
+        let f = OpenOptions::new().write(true).open(d.p("exec.log")).unwrap();
+        f.set_len(0).unwrap();
+        // Shorter than, as long as, and longer than what was read before.
+        d.append("exec.log", &lines_of("new-line", new_len));
+        d.rename_chain("exec.log");
+        d.append("exec.log", &lines_of("next", 1));
+        s.refresh();
+        let want = [names("new-line", new_len), names("next", 1)].concat();
+        assert_eq!(texts(&read_source(&mut s)), want, "rewritten with {new_len} lines");
+    }
+}
+
+#[test]
+fn a_truncated_generation_is_born_when_it_was_truncated() {
+    // Kernel timestamps are the generation's birth plus the uptime stamp; after a
+    // copytruncate the new generation began at the truncation, not when the inode was
+    // created.
+    let d = Dir::new();
+    d.append("kernel.log", b"[    0.100000] first boot\n");
+    let mut s = Source::new(SourceKind::Kernel, &d.path);
+    s.refresh();
+    assert_eq!(read_source(&mut s).len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let before_truncate =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let f = OpenOptions::new().write(true).open(d.p("kernel.log")).unwrap();
+    f.set_len(0).unwrap();
+    d.append("kernel.log", b"[    0.100000] second boot\n");
+    assert_eq!(s.refresh().added, vec![1]);
+    let g0 = s.chain().get(0).unwrap();
+    let g1 = s.chain().get(1).unwrap();
+    assert!(
+        g1.birth_ms >= before_truncate - 5,
+        "new generation born at {} (the first one at {}), truncated at {before_truncate}",
+        g1.birth_ms,
+        g0.birth_ms
+    );
+}

@@ -11,20 +11,23 @@ pub mod ops;
 pub mod render;
 pub mod replay;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::source::generation::{Chain, Pos};
-use crate::source::record::{Record, SourceState};
+use crate::source::record::{Record, SourceState, Tag};
 use crate::source::SourceKind;
 use ops::{Op, OpLog, OpPos};
-use render::{gap_notice, render_record};
+use render::{gap_notice, Assembler};
 
 /// Output bytes between checkpoints (a segment ends at the first record boundary
-/// after this many bytes).
+/// after this many bytes at which no fragment is held).
 pub const SEGMENT_TARGET: u64 = 64 << 10;
+/// Segment length past which held fragments are flushed to place a checkpoint (so at
+/// most one forced flush per this many bytes of output).
+pub const FORCED_FLUSH_AT: u64 = 1 << 20;
 /// Closed segments kept in memory for readers near the live end.
 const RECENT_SEGMENTS: usize = 8;
 /// Encoded length bound of one op, for copying the ops a segment needs.
@@ -111,6 +114,8 @@ struct Shared {
     cursor: [CursorPos; 3],
     meta: FileMeta,
     closed: bool,
+    /// Next offset each open reader needs, by reader id.
+    readers: HashMap<u64, u64>,
 }
 
 /// The merged stream of one sandbox epoch.
@@ -161,12 +166,25 @@ impl Batch {
         self.ops.push(op);
     }
 
-    fn rendered(&mut self, before: usize, marks: &[SourceMark; 3]) {
+    /// Accounts for bytes rendered since `before` and places a checkpoint when the
+    /// segment is long enough and nothing is held (forcing a flush past
+    /// [`FORCED_FLUSH_AT`]).
+    fn rendered(&mut self, before: usize, assembler: &mut Assembler, marks: &[SourceMark; 3]) {
         self.segment_len += (self.bytes.len() - before) as u64;
-        if self.segment_len >= SEGMENT_TARGET {
-            self.cuts.push(Cut { at_byte: self.bytes.len(), ops: self.ops.len(), sources: *marks });
-            self.segment_len = 0;
+        if self.segment_len < SEGMENT_TARGET {
+            return;
         }
+        if !assembler.is_empty() {
+            if self.segment_len < FORCED_FLUSH_AT {
+                return;
+            }
+            self.push_op(Op::FlushAll);
+            let before = self.bytes.len();
+            assembler.flush_all(&mut self.bytes);
+            self.segment_len += (self.bytes.len() - before) as u64;
+        }
+        self.cuts.push(Cut { at_byte: self.bytes.len(), ops: self.ops.len(), sources: *marks });
+        self.segment_len = 0;
     }
 
     /// Records `Base` for `gen` of `source`.
@@ -174,22 +192,47 @@ impl Batch {
         self.push_op(Op::Base { source, gen, birth });
     }
 
-    /// Takes one line of `source`, already parsed into `record`; `marks` are every
-    /// source's marks after it (where a checkpoint placed here would resume).
-    pub fn take(&mut self, source: SourceKind, record: &Record, marks: &[SourceMark; 3]) {
+    /// Takes one line of `source`, already parsed into `record`, rendering it through
+    /// the live `assembler`; `marks` are every source's marks after it (where a
+    /// checkpoint placed here would resume).
+    pub fn take(&mut self, source: SourceKind, record: &Record, assembler: &mut Assembler, marks: &[SourceMark; 3]) {
         self.push_op(Op::Take { source, count: 1 });
         let before = self.bytes.len();
-        render_record(record, &mut self.bytes);
-        self.rendered(before, marks);
+        assembler.render(record, &mut self.bytes);
+        self.rendered(before, assembler, marks);
     }
 
     /// Records a gap of `bytes` lost bytes of `source` and renders its notice;
     /// `state` is the source's parse state at the gap.
-    pub fn gap(&mut self, source: SourceKind, bytes: u64, state: &SourceState, marks: &[SourceMark; 3]) {
+    pub fn gap(
+        &mut self,
+        source: SourceKind,
+        bytes: u64,
+        state: &SourceState,
+        assembler: &mut Assembler,
+        marks: &[SourceMark; 3],
+    ) {
         self.push_op(Op::Gap { source, bytes });
         let before = self.bytes.len();
-        render_record(&gap_notice(source, bytes, state), &mut self.bytes);
-        self.rendered(before, marks);
+        assembler.render(&gap_notice(source, bytes, state), &mut self.bytes);
+        self.rendered(before, assembler, marks);
+    }
+
+    /// Flushes the fragment held for `stream` (it waited too long), or every held
+    /// fragment when `stream` is `None` (the sandbox stopped).
+    pub fn flush(&mut self, stream: Option<Tag>, assembler: &mut Assembler, marks: &[SourceMark; 3]) {
+        let before = self.bytes.len();
+        match stream {
+            Some(stream) => {
+                self.push_op(Op::Flush { stream });
+                assembler.flush(stream, &mut self.bytes);
+            }
+            None => {
+                self.push_op(Op::FlushAll);
+                assembler.flush_all(&mut self.bytes);
+            }
+        }
+        self.rendered(before, assembler, marks);
     }
 
     /// Sets the cursor positions to publish with this batch.
@@ -227,6 +270,7 @@ impl Timeline {
                 cursor: [CursorPos::default(); 3],
                 meta,
                 closed: false,
+                readers: HashMap::new(),
             }),
             listeners: Mutex::new(Vec::new()),
         }
@@ -327,6 +371,27 @@ impl Timeline {
             }
         }
         self.notify();
+    }
+
+    /// Records that reader `id` needs the bytes from `offset` on (so the generations
+    /// they come from stay open).
+    pub fn track_reader(&self, id: u64, offset: u64) {
+        self.shared.lock().readers.insert(id, offset);
+    }
+
+    /// Forgets reader `id` (its file was closed).
+    pub fn untrack_reader(&self, id: u64) {
+        self.shared.lock().readers.remove(&id);
+    }
+
+    /// True when no reader needs a segment that a generation whose last line ended at
+    /// `out_end` contributes to: every reader is at or past the first checkpoint at or
+    /// after `out_end` (past the end, if there is none yet).
+    pub fn readers_past(&self, out_end: u64) -> bool {
+        let s = self.shared.lock();
+        let i = s.checkpoints.partition_point(|c| c.out < out_end);
+        let first_clean = s.checkpoints.get(i).map_or(s.size, |c| c.out);
+        s.readers.values().all(|&p| p >= first_clean)
     }
 
     /// The bytes of a source generation whose last line ended at merged offset

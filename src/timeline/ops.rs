@@ -5,6 +5,7 @@
 //! Op positions are byte offsets into the encoded log; the log only grows, except that
 //! the last `Take` may be re-encoded in place with a larger count.
 
+use crate::source::record::Tag;
 use crate::source::SourceKind;
 
 /// One decision of ingest.
@@ -33,11 +34,27 @@ pub enum Op {
         /// How many bytes were lost.
         bytes: u64,
     },
+    /// Render the held fragment of exec stream `stream` (a stdout, stderr or output
+    /// tag with its session id) as a line of its own.
+    Flush {
+        /// The stream.
+        stream: Tag,
+    },
+    /// Render every held fragment as a line of its own, oldest first.
+    FlushAll,
 }
 
 const TAKE: u8 = 0;
 const BASE: u8 = 1;
 const GAP: u8 = 2;
+const FLUSH: u8 = 3;
+/// Low bits of a `FLUSH` tag byte: which stream, or all of them.
+const FLUSH_STDOUT: u8 = 0;
+const FLUSH_STDERR: u8 = 1;
+const FLUSH_OUTPUT: u8 = 2;
+const FLUSH_ALL: u8 = 3;
+/// Bit of a `FLUSH` tag byte set when a session id follows.
+const FLUSH_HAS_ID: u8 = 4;
 
 fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -61,15 +78,12 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 impl Op {
-    fn source(self) -> SourceKind {
-        match self {
-            Op::Take { source, .. } | Op::Base { source, .. } | Op::Gap { source, .. } => source,
-        }
-    }
-
     /// Appends the encoding of this op.
     pub fn encode(self, out: &mut Vec<u8>) {
-        let source = self.source().index() as u8;
+        let source = match self {
+            Op::Take { source, .. } | Op::Base { source, .. } | Op::Gap { source, .. } => source.index() as u8,
+            Op::Flush { .. } | Op::FlushAll => 0,
+        };
         match self {
             Op::Take { count, .. } => {
                 out.push(TAKE << 2 | source);
@@ -84,6 +98,20 @@ impl Op {
                 out.push(GAP << 2 | source);
                 push_varint(out, bytes);
             }
+            Op::Flush { stream } => {
+                let (which, id) = match stream {
+                    Tag::Stdout(id) => (FLUSH_STDOUT, id),
+                    Tag::Stderr(id) => (FLUSH_STDERR, id),
+                    Tag::Output(id) => (FLUSH_OUTPUT, id),
+                    // Only captured-output streams hold fragments.
+                    _ => return Op::FlushAll.encode(out),
+                };
+                out.push(FLUSH << 2 | which | u8::from(id.is_some()) << FLUSH_HAS_ID);
+                if let Some(id) = id {
+                    push_varint(out, id);
+                }
+            }
+            Op::FlushAll => out.push(FLUSH << 2 | FLUSH_ALL),
         }
     }
 
@@ -91,6 +119,22 @@ impl Op {
     pub fn decode(bytes: &[u8], at: &mut usize) -> Option<Op> {
         let tag = *bytes.get(*at)?;
         *at += 1;
+        if (tag >> 2) & 3 == FLUSH {
+            if tag & 3 == FLUSH_ALL {
+                return (tag >> FLUSH_HAS_ID == 0).then_some(Op::FlushAll);
+            }
+            let id = match tag >> FLUSH_HAS_ID {
+                0 => None,
+                1 => Some(read_varint(bytes, at)?),
+                _ => return None,
+            };
+            let stream = match tag & 3 {
+                FLUSH_STDOUT => Tag::Stdout(id),
+                FLUSH_STDERR => Tag::Stderr(id),
+                _ => Tag::Output(id),
+            };
+            return Some(Op::Flush { stream });
+        }
         let source = SourceKind::from_index(usize::from(tag & 3))?;
         match tag >> 2 {
             TAKE => Some(Op::Take { source, count: read_varint(bytes, at)? }),
@@ -185,6 +229,10 @@ mod tests {
             Op::Base { source: SourceKind::Runtime, gen: 7, birth: 1_777_581_178_000 },
             Op::Base { source: SourceKind::Kernel, gen: 0, birth: -5 },
             Op::Gap { source: SourceKind::Exec, bytes: u64::MAX },
+            Op::Flush { stream: Tag::Stdout(Some(7)) },
+            Op::Flush { stream: Tag::Stderr(None) },
+            Op::Flush { stream: Tag::Output(Some(u64::MAX)) },
+            Op::FlushAll,
         ];
         let mut bytes = Vec::new();
         for op in ops {

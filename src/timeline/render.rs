@@ -3,6 +3,14 @@
 //!
 //! A rendered line is `<24-byte timestamp> <tag> <text>\n`; text longer than 64 KiB is
 //! cut into 64 KiB pieces, each its own line, and a trailing `\r` is dropped.
+//!
+//! Captured program output arrives in chunks cut wherever the pipe read ended, so the
+//! [`Assembler`] holds the trailing fragment of each exec stream until the next chunk
+//! of the same stream completes it; the line carries the time of the chunk that began
+//! it and appears where it was completed. Holding depends only on the records; the
+//! decisions that depend on time (a fragment left waiting) arrive as `Flush` ops.
+
+use std::collections::HashMap;
 
 use crate::source::record::{Record, SourceState, Tag};
 use crate::source::SourceKind;
@@ -10,9 +18,11 @@ use crate::time::push_timestamp;
 
 /// Longest text of one rendered line; longer text is cut into pieces of this size.
 pub const MAX_LINE_TEXT: usize = 64 << 10;
+/// Most exec streams holding a fragment at once; beyond it the oldest is flushed.
+pub const MAX_HELD_STREAMS: usize = 1024;
 
 /// Appends one rendered line per line of `record.text` (split at `\n`; a final `\n`
-/// does not start another line; empty text renders nothing).
+/// does not start another line; empty text renders nothing). No fragment is held.
 pub fn render_record(record: &Record, out: &mut Vec<u8>) {
     let mut text = record.text.as_slice();
     while !text.is_empty() {
@@ -22,6 +32,97 @@ pub fn render_record(record: &Record, out: &mut Vec<u8>) {
         };
         render_line(record.ts, record.tag, line.strip_suffix(b"\r").unwrap_or(line), out);
         text = rest;
+    }
+}
+
+/// A fragment of a line waiting for the rest of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    /// Time of the chunk that began the line.
+    ts: i64,
+    /// Order of arrival, for flushing the oldest first.
+    seq: u64,
+    text: Vec<u8>,
+}
+
+/// Reassembles lines of exec streams split across chunks. Empty at every checkpoint,
+/// so rendering from a checkpoint needs no hidden state.
+#[derive(Clone, Debug, Default)]
+pub struct Assembler {
+    held: HashMap<Tag, Held>,
+    next_seq: u64,
+}
+
+impl Assembler {
+    /// True when no fragment is held (a checkpoint may be placed).
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The streams holding a fragment now.
+    pub fn held_streams(&self) -> impl Iterator<Item = Tag> + '_ {
+        self.held.keys().copied()
+    }
+
+    /// Renders `record`: for exec output streams, completed lines (a held fragment
+    /// first joined with the start of this chunk) and holds the trailing fragment;
+    /// every other record renders whole.
+    pub fn render(&mut self, record: &Record, out: &mut Vec<u8>) {
+        if !matches!(record.tag, Tag::Stdout(_) | Tag::Stderr(_) | Tag::Output(_)) {
+            return render_record(record, out);
+        }
+        let tag = record.tag;
+        let mut text = record.text.as_slice();
+        while let Some(i) = memchr::memchr(b'\n', text) {
+            let line = &text[..i];
+            text = &text[i + 1..];
+            match self.held.remove(&tag) {
+                Some(mut held) => {
+                    held.text.extend_from_slice(line);
+                    render_line(held.ts, tag, held.text.strip_suffix(b"\r").unwrap_or(&held.text), out);
+                }
+                None => render_line(record.ts, tag, line.strip_suffix(b"\r").unwrap_or(line), out),
+            }
+        }
+        if text.is_empty() {
+            return;
+        }
+        let seq = self.next_seq;
+        let held = self.held.entry(tag).or_insert_with(|| Held { ts: record.ts, seq, text: Vec::new() });
+        if held.seq == seq {
+            self.next_seq += 1;
+        }
+        held.text.extend_from_slice(text);
+        // A fragment that reaches 64 KiB is a line of its own (cut in 64 KiB pieces).
+        if held.text.len() >= MAX_LINE_TEXT {
+            let whole = held.text.len() / MAX_LINE_TEXT * MAX_LINE_TEXT;
+            render_line(held.ts, tag, &held.text[..whole], out);
+            held.text.drain(..whole);
+            if held.text.is_empty() {
+                self.held.remove(&tag);
+            }
+        }
+        if self.held.len() > MAX_HELD_STREAMS {
+            if let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(t, _)| *t) {
+                self.flush(oldest, out);
+            }
+        }
+    }
+
+    /// Renders the fragment held for `stream`, if any, as a line of its own.
+    pub fn flush(&mut self, stream: Tag, out: &mut Vec<u8>) {
+        if let Some(held) = self.held.remove(&stream) {
+            render_line(held.ts, stream, &held.text, out);
+        }
+    }
+
+    /// Renders every held fragment as a line of its own, oldest first.
+    pub fn flush_all(&mut self, out: &mut Vec<u8>) {
+        let mut all: Vec<(Tag, Held)> = self.held.drain().collect();
+        all.sort_by_key(|(_, h)| h.seq);
+        for (tag, held) in all {
+            render_line(held.ts, tag, &held.text, out);
+        }
     }
 }
 

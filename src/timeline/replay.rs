@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::ops::Op;
-use super::render::{apply_base, gap_notice, render_record};
+use super::render::{apply_base, gap_notice, Assembler};
 use super::Checkpoint;
 use crate::source::generation::Chain;
 use crate::source::reader::{LineReader, Next};
@@ -42,6 +42,8 @@ pub fn render_segment(chains: &[Arc<Chain>; 3], cp: &Checkpoint, ops: &[u8], len
         SourceKind::ALL.iter().map(|s| LineReader::new(chains[s.index()].clone(), cp.sources[s.index()].pos)).collect();
     let mut states = cp.sources.map(|m| m.state);
     let mut out = Vec::with_capacity(len as usize);
+    // Checkpoints are placed only where no fragment is held.
+    let mut assembler = Assembler::default();
     let mut at = 0usize;
     let mut skip = cp.at.within;
     while (out.len() as u64) < len {
@@ -56,7 +58,7 @@ pub fn render_segment(chains: &[Arc<Chain>; 3], cp: &Checkpoint, ops: &[u8], len
                     match readers[i].next_line().map_err(ReplayError::Io)? {
                         Next::Line(raw, _, _) => {
                             let record = parse_line(source, raw, &mut states[i]);
-                            render_record(&record, &mut out);
+                            assembler.render(&record, &mut out);
                         }
                         Next::Gap { .. } | Next::Pending => return Err(ReplayError::Missing(source)),
                     }
@@ -67,10 +69,12 @@ pub fn render_segment(chains: &[Arc<Chain>; 3], cp: &Checkpoint, ops: &[u8], len
                 // The reader meets the lost generation again, exactly as ingest did.
                 let i = source.index();
                 match readers[i].next_line().map_err(ReplayError::Io)? {
-                    Next::Gap { .. } => render_record(&gap_notice(source, bytes, &states[i]), &mut out),
+                    Next::Gap { .. } => assembler.render(&gap_notice(source, bytes, &states[i]), &mut out),
                     Next::Line(..) | Next::Pending => return Err(ReplayError::Mismatch),
                 }
             }
+            Op::Flush { stream } => assembler.flush(stream, &mut out),
+            Op::FlushAll => assembler.flush_all(&mut out),
         }
         skip = 0;
     }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test of msbfs, including the integration tests that mount for real
+# (they need root or /dev/fuse access, and the tools below).
+#
+# Release mode: the stress tests push ~30 MB through a rotating producer per round;
+# in debug they are several times slower. Set MSBFS_TEST_PROFILE=debug to override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in busybox tmux less getfattr setfattr md5sum python3; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "test.sh: installing missing tools: ${missing[*]}"
+    pkgs=()
+    for tool in "${missing[@]}"; do
+        case "$tool" in
+            getfattr | setfattr) pkgs+=(attr) ;;
+            md5sum) pkgs+=(coreutils) ;;
+            python3) pkgs+=(python3) ;;
+            *) pkgs+=("$tool") ;;
+        esac
+    done
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}"
+fi
+if [[ ! -c /dev/fuse ]]; then
+    echo "test.sh: /dev/fuse is missing; the mount tests cannot run" >&2
+    exit 1
+fi
+
+profile=(--release)
+[[ "${MSBFS_TEST_PROFILE:-release}" == debug ]] && profile=()
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+start=$SECONDS
+status=0
+cargo test "${profile[@]}" --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
+
+echo
+echo "== summary ($((SECONDS - start)) s) =="
+grep -E '^\s+Running |^test result:' "$log" | sed -E 's/^\s+Running /  /' || true
+leftover=$(grep -E ' - fuse(\.msbfs)? msbfs ' /proc/self/mountinfo | grep msbfs-it- || true)
+if [[ -n "$leftover" ]]; then
+    echo "test.sh: leftover msbfs test mounts:" >&2
+    echo "$leftover" >&2
+    status=1
+fi
+if ((status)); then
+    echo "FAILED"
+else
+    echo "ALL TESTS PASSED"
+fi
+exit "$status"

@@ -1,0 +1,930 @@
+//! Shared harness of the integration tests that mount msbfs for real.
+//!
+//! - [`Env`]: a fresh tempdir holding `home/sandboxes/` and `mnt/`, plus helpers.
+//! - [`Mounted`]: a running `msbfs mount` (stderr captured to a file); on drop it is
+//!   stopped with SIGTERM (SIGKILL + `umount -l` after 5 s) and no mount is left behind.
+//! - [`ChildGuard`]: any spawned tool, SIGKILLed and reaped on drop.
+//! - Simulator helpers (binary and library), parsing of rendered lines, marker checks,
+//!   poll-with-deadline helpers.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_msbfs");
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Polling
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `deadline`.
+pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like [`wait_for`] for a boolean condition.
+pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    wait_for(deadline, what, || f().then_some(()))
+}
+
+/// Waits for `child` to exit, at most `deadline`; `None` if it is still running.
+pub fn wait_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True when thread/process `tid` is inside a `read(2)` (x86_64 syscall 0, aarch64 63).
+pub fn in_read_syscall(tid: u32) -> bool {
+    let nr = if cfg!(target_arch = "aarch64") { "63 " } else { "0 " };
+    fs::read_to_string(format!("/proc/{tid}/syscall")).is_ok_and(|s| s.starts_with(nr))
+}
+
+/// Waits until `tid` has been sitting in `read(2)` for 200 ms in a row (a parked read).
+pub fn wait_parked_in_read(tid: u32, deadline: Duration) {
+    let mut since: Option<Instant> = None;
+    wait_until(deadline, &format!("thread {tid} blocked in read(2)"), || {
+        if in_read_syscall(tid) {
+            let s = *since.get_or_insert_with(Instant::now);
+            s.elapsed() >= Duration::from_millis(200)
+        } else {
+            since = None;
+            false
+        }
+    })
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+// ---------------------------------------------------------------------------
+// Mount table
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub id: u64,
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    /// An msbfs mount: fstype `fuse.msbfs`, or plain `fuse` with source `msbfs` (what
+    /// fuser's direct mount(2) produces; the subtype is then not recorded).
+    pub fn is_msbfs(&self) -> bool {
+        self.fstype == "fuse.msbfs" || (self.fstype == "fuse" && self.source == "msbfs")
+    }
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    text.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some(MountEntry {
+                id: fields[0].parse().ok()?,
+                mountpoint: PathBuf::from(unescape_mountinfo(fields[4])),
+                fstype: fields.get(sep + 1)?.to_string(),
+                source: fields.get(sep + 2)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Mount entries at `mnt` (any fstype).
+pub fn mounts_at(mnt: &Path) -> Vec<MountEntry> {
+    mounts().into_iter().filter(|m| m.mountpoint == mnt).collect()
+}
+
+/// Lazily detaches every mount at `mnt` (bounded).
+pub fn force_unmount(mnt: &Path) {
+    for _ in 0..8 {
+        if mounts_at(mnt).is_empty() {
+            return;
+        }
+        let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A spawned process, SIGKILLed and reaped on drop.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn new(name: &str, child: Child) -> ChildGuard {
+        ChildGuard { child: Some(child), name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child().try_wait(), Ok(None))
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        wait_exit(self.child(), deadline)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = wait_exit(&mut c, Duration::from_secs(10));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Test environment
+
+/// A tempdir with `home/sandboxes/` and `mnt/` (both canonical paths).
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("msbfs-it-").tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("canonicalize");
+        let home = root.join("home");
+        let mnt = root.join("mnt");
+        fs::create_dir_all(home.join("sandboxes")).unwrap();
+        fs::create_dir_all(&mnt).unwrap();
+        Env { dir, home, mnt }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.home.parent().unwrap().to_path_buf()
+    }
+
+    /// `home/sandboxes/<name>/logs` (created).
+    pub fn logs_dir(&self, name: &str) -> PathBuf {
+        let d = self.home.join("sandboxes").join(name).join("logs");
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `mnt/<name>/merged.log`.
+    pub fn merged(&self, name: &str) -> PathBuf {
+        self.mnt.join(name).join("merged.log")
+    }
+
+    pub fn mount(&self) -> Mounted {
+        Mounted::start(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"))
+    }
+}
+
+/// A running `msbfs mount`.
+pub struct Mounted {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Mounted {
+    /// Spawns `msbfs mount mnt --home home` and waits until a new `fuse.msbfs` mount
+    /// appears at `mnt` (deadline 20 s).
+    pub fn start(home: &Path, mnt: &Path, stderr_path: &Path) -> Mounted {
+        let before: BTreeSet<u64> = mounts_at(mnt).iter().map(|m| m.id).collect();
+        let stderr = File::create(stderr_path).expect("stderr file");
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(mnt)
+            .arg("--home")
+            .arg(home)
+            .env("MSBFS_LOG", "info,fuser=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn msbfs mount");
+        let mut m = Mounted { child: Some(child), mnt: mnt.to_path_buf(), stderr_path: stderr_path.to_path_buf() };
+        let start = Instant::now();
+        loop {
+            if mounts_at(mnt).iter().any(|e| e.is_msbfs() && !before.contains(&e.id)) {
+                return m;
+            }
+            if let Ok(Some(st)) = m.child.as_mut().unwrap().try_wait() {
+                panic!("msbfs mount exited early ({st}); stderr:\n{}", m.stderr());
+            }
+            if start.elapsed() >= READY_DEADLINE {
+                panic!("msbfs mount not ready after {READY_DEADLINE:?}; stderr:\n{}", m.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon").id()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own, unreaped child.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for the daemon to exit (after a signal sent by the test).
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        wait_exit(self.child.as_mut().expect("daemon"), deadline)
+    }
+
+    /// SIGKILLs the daemon and reaps it, leaving its (now stale) mount in place.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = wait_exit(&mut c, Duration::from_secs(10));
+        }
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        mounts_at(&self.mnt).iter().any(|e| e.is_msbfs())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: signalling our own, unreaped child.
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+                if wait_exit(&mut c, Duration::from_secs(5)).is_none() {
+                    let _ = c.kill();
+                    let _ = wait_exit(&mut c, Duration::from_secs(5));
+                }
+            }
+        }
+        force_unmount(&self.mnt);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Simulator
+
+/// The simulator's summary (the JSON line, or the library struct).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub exec_lines: BTreeMap<String, u64>,
+    pub runtime_lines: u64,
+    pub runtime_continuations: u64,
+    pub kernel_lines: u64,
+    pub exec_rotations: u64,
+    pub runtime_rotations: u64,
+    pub bytes_written: u64,
+}
+
+impl Summary {
+    pub fn from_json(s: &str) -> Summary {
+        let v: serde_json::Value = serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("summary {s:?}: {e}"));
+        let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("summary field {k} in {s}"));
+        Summary {
+            exec_lines: v["exec_lines"]
+                .as_object()
+                .expect("exec_lines")
+                .iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+                .collect(),
+            runtime_lines: u("runtime_lines"),
+            runtime_continuations: u("runtime_continuations"),
+            kernel_lines: u("kernel_lines"),
+            exec_rotations: u("exec_rotations"),
+            runtime_rotations: u("runtime_rotations"),
+            bytes_written: u("bytes_written"),
+        }
+    }
+
+    pub fn from_lib(s: &msbfs::simulate::Summary) -> Summary {
+        Summary {
+            exec_lines: s.exec_lines.clone(),
+            runtime_lines: s.runtime_lines,
+            runtime_continuations: s.runtime_continuations,
+            kernel_lines: s.kernel_lines,
+            exec_rotations: s.exec_rotations,
+            runtime_rotations: s.runtime_rotations,
+            bytes_written: s.bytes_written,
+        }
+    }
+
+    /// Logical exec lines excluding `system`.
+    pub fn exec_total(&self) -> u64 {
+        self.exec_lines.iter().filter(|(k, _)| *k != "system").map(|(_, v)| v).sum()
+    }
+}
+
+/// Arguments of one `msbfs simulate` run.
+#[derive(Debug, Clone)]
+pub struct Sim {
+    pub name: String,
+    pub lines: u64,
+    pub rate: f64,
+    pub rotate_bytes: u64,
+    pub seed: u64,
+}
+
+impl Sim {
+    pub fn new(name: &str, lines: u64) -> Sim {
+        Sim { name: name.into(), lines, rate: 0.0, rotate_bytes: 10 << 20, seed: 1 }
+    }
+    pub fn rate(mut self, r: f64) -> Sim {
+        self.rate = r;
+        self
+    }
+    pub fn rotate(mut self, b: u64) -> Sim {
+        self.rotate_bytes = b;
+        self
+    }
+    pub fn seed(mut self, s: u64) -> Sim {
+        self.seed = s;
+        self
+    }
+
+    pub fn command(&self, home: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("simulate")
+            .arg("--home")
+            .arg(home)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--lines")
+            .arg(self.lines.to_string())
+            .arg("--rate")
+            .arg(self.rate.to_string())
+            .arg("--rotate-bytes")
+            .arg(self.rotate_bytes.to_string())
+            .arg("--seed")
+            .arg(self.seed.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs the binary to completion and parses its summary.
+    pub fn run_bin(&self, home: &Path) -> Summary {
+        let out = self.command(home).output().expect("run msbfs simulate");
+        assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout:?}");
+        Summary::from_json(&stdout)
+    }
+
+    /// Spawns the binary (use [`finish_bin`] to collect the summary).
+    pub fn spawn_bin(&self, home: &Path) -> ChildGuard {
+        ChildGuard::new("simulate", self.command(home).spawn().expect("spawn simulate"))
+    }
+
+    /// Runs the library simulator in this process.
+    pub fn run_lib(&self, home: &Path) -> Summary {
+        let mut cfg = msbfs::simulate::SimConfig::new(home, &self.name);
+        cfg.lines = self.lines;
+        cfg.rate = self.rate;
+        cfg.rotate_bytes = self.rotate_bytes;
+        cfg.seed = self.seed;
+        let s = msbfs::simulate::run(cfg, &AtomicBool::new(false)).expect("simulate");
+        Summary::from_lib(&s)
+    }
+}
+
+/// Waits (deadline) for a spawned simulator and parses its summary.
+pub fn finish_bin(mut g: ChildGuard, deadline: Duration) -> Summary {
+    let st = g.wait_exit(deadline).unwrap_or_else(|| panic!("simulate still running after {deadline:?}"));
+    let mut out = String::new();
+    g.child().stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    g.child().stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(st.success(), "simulate failed ({st}): {err}");
+    assert_eq!(out.lines().count(), 1, "one summary line: {out:?}");
+    Summary::from_json(&out)
+}
+
+/// Appends one exec.log entry (one write, like the producer).
+pub fn append_exec(logs: &Path, stream: &str, id: u64, text: &str) {
+    let line = serde_json::json!({"t": "2026-04-30T21:00:00.000Z", "s": stream, "d": text, "id": id}).to_string();
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(logs.join("exec.log")).unwrap();
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+/// Names of files in `logs`, sorted.
+pub fn log_files(logs: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(logs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Cursor xattr
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub generation: u64,
+    pub offset: u64,
+}
+
+/// `user.cursor` of `path`, via getfattr, decoded.
+pub fn cursor(path: &Path) -> Vec<Pos> {
+    let out =
+        Command::new("getfattr").args(["-n", "user.cursor", "--only-values"]).arg(path).output().expect("getfattr");
+    assert!(out.status.success(), "getfattr: {}", String::from_utf8_lossy(&out.stderr));
+    decode_cursor(std::str::from_utf8(&out.stdout).expect("ascii").trim())
+}
+
+pub fn decode_cursor(text: &str) -> Vec<Pos> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(!raw.is_empty());
+    let count = raw[0] as usize;
+    assert_eq!(raw.len(), 1 + 16 * count, "cursor length");
+    raw[1..]
+        .chunks_exact(16)
+        .map(|c| Pos {
+            generation: u64::from_le_bytes(c[..8].try_into().unwrap()),
+            offset: u64::from_le_bytes(c[8..].try_into().unwrap()),
+        })
+        .collect()
+}
+
+/// (inode, size) of a file.
+pub fn ino_size(path: &Path) -> Pos {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Pos { generation: m.ino(), offset: m.size() }
+}
+
+/// True when the cursor of `merged` shows every source of `logs` fully read
+/// (exec.log, runtime.log, kernel.log at (inode, size)) and its merged offset equals
+/// `st_size` of `merged`.
+pub fn caught_up(logs: &Path, merged: &Path) -> bool {
+    let Ok(c) = std::panic::catch_unwind(|| cursor(merged)) else { return false };
+    if c.len() != 4 {
+        return false;
+    }
+    let files = ["exec.log", "runtime.log", "kernel.log"];
+    for (i, f) in files.iter().enumerate() {
+        let Ok(m) = fs::metadata(logs.join(f)) else { return false };
+        if c[i] != (Pos { generation: m.ino(), offset: m.size() }) {
+            return false;
+        }
+    }
+    fs::metadata(merged).is_ok_and(|m| m.size() == c[3].offset)
+}
+
+pub fn wait_caught_up(logs: &Path, merged: &Path, deadline: Duration) {
+    wait_until(deadline, &format!("{} caught up with {}", merged.display(), logs.display()), || caught_up(logs, merged))
+}
+
+// ---------------------------------------------------------------------------
+// Rendered lines and marker checks
+
+/// One rendered line of merged.log.
+#[derive(Debug, Clone)]
+pub struct Line<'a> {
+    pub ts: &'a [u8],
+    pub tag: &'a [u8],
+    pub text: &'a [u8],
+}
+
+/// Splits merged.log bytes into rendered lines, checking the `<ts> <tag> <text>` frame.
+/// The bytes must end with `\n`.
+pub fn parse_lines(bytes: &[u8]) -> Vec<Line<'_>> {
+    assert!(bytes.is_empty() || bytes.ends_with(b"\n"), "merged bytes end with a newline");
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes[..bytes.len() - 1]
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| {
+            let show = || String::from_utf8_lossy(l).into_owned();
+            assert!(l.len() >= 26, "line {i} too short: {:?}", show());
+            let ts = &l[..24];
+            assert!(ts[23] == b'Z' && ts[10] == b'T' && l[24] == b' ', "line {i} timestamp: {:?}", show());
+            let rest = &l[25..];
+            let sp = rest.iter().position(|&b| b == b' ');
+            let (tag, text) = match sp {
+                Some(p) => (&rest[..p], &rest[p + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            Line { ts, tag, text }
+        })
+        .collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// The 8-digit number after `key` in `text`, if `key` occurs.
+fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(text, key)? + key.len();
+    let digits = text.get(at..at + 8)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// What a check expects of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The whole history: every marker from 0, no `msbfs` line at all.
+    Complete,
+    /// A suffix of the history, as read from offset 0 after retention deleted old
+    /// generations: optionally one leading retention notice (`notice` = required),
+    /// then for every source a contiguous run of markers ending at the last one.
+    Suffix { notice_required: bool },
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: usize,
+    pub per_tag: BTreeMap<String, usize>,
+    pub notices: Vec<String>,
+    /// First exec marker seen per key (0 for a complete history).
+    pub first_exec: BTreeMap<String, u64>,
+    pub first_runtime: Option<u64>,
+}
+
+/// Checks merged.log bytes against a simulator summary (per-source order, exact
+/// counts); panics with a precise message on the first violation.
+pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
+    let lines = parse_lines(bytes);
+    let mut rep = Report { lines: lines.len(), ..Report::default() };
+    let mut next_exec: BTreeMap<String, u64> = BTreeMap::new();
+    let mut next_runtime: Option<u64> = None;
+    let mut next_kernel: Option<u64> = None;
+    let mut conts = 0u64;
+    let mut system = 0u64;
+    let complete = expect == Expect::Complete;
+    let start = |what: &str, n: u64| -> u64 {
+        if complete {
+            assert_eq!(n, 0, "{what}: history must start at marker 0");
+        }
+        n
+    };
+    for (i, l) in lines.iter().enumerate() {
+        let tag = String::from_utf8_lossy(l.tag).into_owned();
+        *rep.per_tag.entry(tag.clone()).or_default() += 1;
+        let show =
+            || format!("line {i}: {} {} {}", String::from_utf8_lossy(l.ts), tag, String::from_utf8_lossy(l.text));
+        match l.tag {
+            b"msbfs" => {
+                let text = String::from_utf8_lossy(l.text).into_owned();
+                match expect {
+                    Expect::Complete => panic!("unexpected msbfs notice: {}", show()),
+                    Expect::Suffix { .. } => {
+                        assert!(
+                            i == 0 && text.ends_with("are no longer retained"),
+                            "only one leading retention notice is allowed: {}",
+                            show()
+                        );
+                    }
+                }
+                rep.notices.push(text);
+            }
+            b"system" => {
+                assert!(l.text.starts_with(b"--- ") && l.text.ends_with(b" ---"), "{}", show());
+                system += 1;
+            }
+            b"runtime" => {
+                if let Some(n) = number_after(l.text, b"runtime-cont n=") {
+                    assert!(l.text.starts_with(b"    at frame "), "{}", show());
+                    match next_runtime {
+                        Some(next) => assert_eq!(n + 1, next, "continuation of the wrong line: {}", show()),
+                        None => assert!(!complete, "continuation before any runtime line: {}", show()),
+                    }
+                    conts += 1;
+                } else if let Some(n) = number_after(l.text, b"runtime n=") {
+                    let want = *next_runtime.get_or_insert_with(|| start("runtime", n));
+                    rep.first_runtime.get_or_insert(n);
+                    assert_eq!(n, want, "runtime marker out of order: {}", show());
+                    next_runtime = Some(n + 1);
+                } else {
+                    panic!("runtime line without marker: {}", show());
+                }
+            }
+            b"kernel" => {
+                let n =
+                    number_after(l.text, b"kernel n=").unwrap_or_else(|| panic!("kernel without marker: {}", show()));
+                let want = *next_kernel.get_or_insert_with(|| start("kernel", n));
+                assert_eq!(n, want, "kernel marker out of order: {}", show());
+                next_kernel = Some(n + 1);
+            }
+            _ => {
+                let (stream, id) = tag
+                    .strip_suffix(']')
+                    .and_then(|t| t.split_once('['))
+                    .unwrap_or_else(|| panic!("unknown tag: {}", show()));
+                assert!(["stdout", "stderr", "output"].contains(&stream), "unknown tag: {}", show());
+                assert!(s.exec_lines.contains_key(&tag), "tag not in summary: {}", show());
+                let key = format!("{stream} s={id} n=");
+                if l.text.starts_with(key.as_bytes()) {
+                    let n = number_after(l.text, key.as_bytes()).unwrap_or_else(|| panic!("bad marker: {}", show()));
+                    let want = *next_exec.entry(tag.clone()).or_insert_with(|| start(&tag, n));
+                    rep.first_exec.entry(tag.clone()).or_insert(n);
+                    assert_eq!(n, want, "{tag} marker out of order (duplicate or lost line): {}", show());
+                    next_exec.insert(tag, n + 1);
+                } else {
+                    // The tail piece of a chunk split mid-line: same tag, no marker.
+                    assert!(next_exec.contains_key(&tag) || !complete, "piece before any marker: {}", show());
+                }
+            }
+        }
+    }
+    if let Expect::Suffix { notice_required: true } = expect {
+        assert_eq!(rep.notices.len(), 1, "exactly one retention notice expected");
+    }
+    // Every source ends at its last marker; a complete history holds every key.
+    for (key, &count) in &s.exec_lines {
+        if key == "system" {
+            if complete {
+                assert_eq!(system, count, "system entries");
+            }
+            continue;
+        }
+        match next_exec.get(key) {
+            Some(&next) => assert_eq!(next, count, "{key}: last marker must be {} (count {count})", count - 1),
+            None => assert!(!complete, "{key}: no line at all (count {count})"),
+        }
+    }
+    for key in next_exec.keys() {
+        assert!(s.exec_lines.contains_key(key));
+    }
+    assert_eq!(next_runtime.unwrap_or(0), s.runtime_lines, "runtime lines end at runtime_lines-1");
+    assert_eq!(next_kernel.unwrap_or(0), s.kernel_lines, "kernel lines end at kernel_lines-1");
+    if complete {
+        assert_eq!(conts, s.runtime_continuations, "runtime continuation lines");
+        assert_eq!(rep.first_runtime.unwrap_or(0), 0);
+    }
+    rep
+}
+
+/// Reads a whole file (a `cat`-equivalent: stops at the first end of file).
+pub fn read_all(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Counts lines of `bytes` containing `needle`.
+pub fn count_lines_with(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes.split(|&b| b == b'\n').filter(|l| find(l, needle).is_some()).count()
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+pub fn count_occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    memchr::memmem::find_iter(hay, needle).count()
+}
+
+// ---------------------------------------------------------------------------
+// A live reader: a thread that follows merged.log with plain blocking reads.
+
+static SIGUSR1_HANDLER: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Installs a no-op SIGUSR1 handler without SA_RESTART, so a signalled blocked read
+/// returns EINTR.
+pub fn install_sigusr1() {
+    SIGUSR1_HANDLER.call_once(|| {
+        // SAFETY: installing a handler that does nothing is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop_handler as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// What a live reader saw.
+#[derive(Debug, Default)]
+pub struct LiveResult {
+    pub bytes: Vec<u8>,
+    /// Reads that returned 0.
+    pub eofs: u64,
+    /// Reads that ended with EINTR.
+    pub interrupted: u64,
+}
+
+pub struct LiveReader {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<LiveResult>>,
+    pub tid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Bytes read so far, end-of-file reads, EINTRs (for diagnostics).
+    pub progress: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]>,
+}
+
+impl LiveReader {
+    /// Opens `path` (waits up to 10 s for it to exist) and follows it in a thread.
+    pub fn start(path: &Path) -> LiveReader {
+        install_sigusr1();
+        let path = path.to_path_buf();
+        wait_until(Duration::from_secs(10), &format!("{} exists", path.display()), || path.exists());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let tid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let progress: std::sync::Arc<[std::sync::atomic::AtomicU64; 3]> = std::sync::Arc::new(Default::default());
+        let (s2, t2, p2) = (stop.clone(), tid.clone(), progress.clone());
+        let thread = std::thread::spawn(move || {
+            t2.store(gettid(), Ordering::SeqCst);
+            let mut f = File::open(&path).expect("open merged.log");
+            let mut res = LiveResult::default();
+            let mut buf = vec![0u8; 128 << 10];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => {
+                        res.eofs += 1;
+                        p2[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(n) => {
+                        res.bytes.extend_from_slice(&buf[..n]);
+                        p2[0].fetch_add(n as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        res.interrupted += 1;
+                        p2[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("live read: {e}"),
+                }
+                if s2.load(Ordering::SeqCst) {
+                    // Everything is ingested (the caller waited for that): switch the
+                    // handle to O_NONBLOCK, so reads never park, and drain to its end.
+                    // (fstat cannot tell the end: after a retention notice the handle's
+                    // view is shorter than st_size.)
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: fcntl on an fd we own.
+                    unsafe {
+                        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                        assert_eq!(libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+                    }
+                    loop {
+                        match f.read(&mut buf) {
+                            Ok(0) => return res,
+                            Ok(n) => {
+                                res.bytes.extend_from_slice(&buf[..n]);
+                                p2[0].fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => panic!("live read: {e}"),
+                        }
+                    }
+                }
+            }
+        });
+        LiveReader { stop, thread: Some(thread), tid, progress }
+    }
+
+    /// Call once everything is ingested: sets the stop flag and pokes the thread with
+    /// SIGUSR1 (a parked read ends with EINTR) until it has drained its handle (deadline).
+    pub fn finish(mut self, deadline: Duration) -> LiveResult {
+        self.stop.store(true, Ordering::SeqCst);
+        let t = self.thread.take().unwrap();
+        let start = Instant::now();
+        while !t.is_finished() {
+            if start.elapsed() >= deadline {
+                let p: Vec<u64> = self.progress.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+                let tid = self.tid.load(Ordering::SeqCst);
+                let sc = fs::read_to_string(format!("/proc/{tid}/syscall")).unwrap_or_default();
+                panic!(
+                    "live reader did not finish within {deadline:?}: read {} bytes, {} EOFs, {} EINTRs; syscall: {}",
+                    p[0],
+                    p[1],
+                    p[2],
+                    sc.trim()
+                );
+            }
+            {
+                use std::os::unix::thread::JoinHandleExt;
+                // SAFETY: the thread is not yet joined, so its pthread_t is valid.
+                unsafe {
+                    libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.join().expect("live reader panicked")
+    }
+}
+
+impl Drop for LiveReader {
+    fn drop(&mut self) {
+        // On a failing test: stop and unblock the thread, don't wait for long.
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            let start = Instant::now();
+            while !t.is_finished() && start.elapsed() < Duration::from_secs(3) {
+                use std::os::unix::thread::JoinHandleExt;
+                // SAFETY: not yet joined.
+                unsafe {
+                    libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR1);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Line-by-line output of a child, with deadlines.
+
+/// Lines of a child's stdout (or any reader), delivered through a channel.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    pub fn new(r: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    /// The next line, or panic after `deadline`.
+    pub fn next(&self, deadline: Duration, what: &str) -> String {
+        self.rx.recv_timeout(deadline).unwrap_or_else(|e| panic!("no line ({what}) within {deadline:?}: {e}"))
+    }
+
+    /// Every remaining line until the writer closes (panics after `deadline`).
+    pub fn rest(&self, deadline: Duration) -> Vec<String> {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(e) => panic!("output not closed within {deadline:?}: {e}"),
+            }
+        }
+    }
+}

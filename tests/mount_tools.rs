@@ -1,0 +1,382 @@
+//! Real tools against a real mount: cat, grep, GNU and busybox tail -f, less +F under
+//! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sh(cmd: &mut Command) -> std::process::Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Case 1: cat and grep -c on a rotated (but not yet pruned) history.
+#[test]
+fn cat_and_grep_on_rotated_history() {
+    let env = Env::new();
+    let logs = env.logs_dir("box");
+    let s = Sim::new("box", 6000).rotate(200_000).seed(11).run_bin(&env.home);
+    assert!((1..=4).contains(&s.exec_rotations), "rotated, nothing pushed out: {}", s.exec_rotations);
+    let files = log_files(&logs);
+    assert!(files.contains(&"exec.log.1".to_string()), "{files:?}");
+    assert!(!files.contains(&"exec.log.4".to_string()) || s.exec_rotations == 4, "{files:?}");
+
+    let _m = env.mount();
+    let merged = env.merged("box");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+
+    let out = sh(Command::new("cat").arg(&merged));
+    assert!(out.status.success());
+    let bytes = out.stdout;
+    let rep = check(&bytes, &s, Expect::Complete);
+    assert_eq!(fs::metadata(&merged).unwrap().len(), bytes.len() as u64, "st_size == bytes cat read");
+
+    let grep = sh(Command::new("grep").env("LC_ALL", "C").args(["-c", "stdout\\["]).arg(&merged));
+    assert!(grep.status.success(), "{}", String::from_utf8_lossy(&grep.stderr));
+    let n: usize = String::from_utf8(grep.stdout).unwrap().trim().parse().unwrap();
+    assert_eq!(n, count_lines_with(&bytes, b"stdout["));
+    let stdout_lines: usize = rep.per_tag.iter().filter(|(k, _)| k.starts_with("stdout[")).map(|(_, v)| v).sum();
+    assert_eq!(n, stdout_lines);
+    assert!(n as u64 >= s.exec_lines.iter().filter(|(k, _)| k.starts_with("stdout[")).map(|(_, v)| v).sum::<u64>());
+
+    let md5 =
+        |p: &std::path::Path| String::from_utf8(sh(Command::new("md5sum").arg(p)).stdout).unwrap()[..32].to_string();
+    let first = md5(&merged);
+    let second = md5(&merged);
+    assert_eq!(first, second, "two cats, same bytes");
+    let again = sh(Command::new("cat").arg(&merged)).stdout;
+    assert!(again == bytes, "second cat identical");
+}
+
+/// Starts `tool` following merged.log, runs a paced rotating simulator while it
+/// follows, and checks the tool's output is exactly merged.log, complete.
+fn follow_with(argv: &[&str], name: &str) {
+    let env = Env::new();
+    let logs = env.logs_dir(name);
+    let _m = env.mount();
+    let merged = env.merged(name);
+    wait_until(Duration::from_secs(5), "merged.log visible", || merged.exists());
+
+    // ~400 KB of exec at 131072-byte rotation: 2-3 rotations, nothing deleted.
+    let sim = Sim::new(name, 3000).rate(2000.0).rotate(131_072).seed(5).spawn_bin(&env.home);
+    wait_until(Duration::from_secs(10), "first bytes in merged.log", || {
+        fs::metadata(&merged).is_ok_and(|m| m.len() > 0)
+    });
+    let out_path = env.root().join("tool.out");
+    let out = File::create(&out_path).unwrap();
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]).arg(&merged).stdin(Stdio::null()).stdout(out).stderr(Stdio::piped());
+    let mut tool = ChildGuard::new(argv[0], cmd.spawn().expect("spawn follower"));
+
+    let s = finish_bin(sim, Duration::from_secs(60));
+    assert!(s.exec_rotations >= 2, "rotations during follow: {}", s.exec_rotations);
+    assert!(!log_files(&logs).contains(&"exec.log.4".to_string()));
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    let size = fs::metadata(&merged).unwrap().len();
+    wait_until(Duration::from_secs(15), "follower printed everything", || {
+        fs::metadata(&out_path).is_ok_and(|m| m.len() >= size)
+    });
+    assert!(tool.is_running(), "follower still following");
+    let printed = fs::read(&out_path).unwrap();
+    let expect = read_all(&merged);
+    assert_eq!(printed.len(), expect.len());
+    assert!(printed == expect, "follower output == merged.log");
+    check(&printed, &s, Expect::Complete);
+}
+
+/// Case 2: GNU tail -f across rotations.
+#[test]
+fn gnu_tail_follows_across_rotation() {
+    follow_with(&["tail", "-n", "+1", "-f"], "gnu");
+}
+
+/// Case 3: busybox tail -f across rotations.
+#[test]
+fn busybox_tail_follows_across_rotation() {
+    follow_with(&["busybox", "tail", "-n", "+1", "-f"], "bb");
+}
+
+struct Tmux {
+    sock: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.env("TERM", "xterm-256color").args(["-f", "/dev/null", "-L", &self.sock]);
+        c
+    }
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&sh(self.cmd().args(["capture-pane", "-p", "-t", "t"])).stdout).into_owned()
+    }
+    fn alive(&self) -> bool {
+        sh(self.cmd().args(["has-session", "-t", "t"])).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+/// Case 4: less +F under tmux: follows, Ctrl-C stops following, q quits.
+#[test]
+fn less_follow_mode_under_tmux() {
+    let env = Env::new();
+    let logs = env.logs_dir("lessbox");
+    Sim::new("lessbox", 200).seed(3).run_lib(&env.home);
+    let _m = env.mount();
+    let merged = env.merged("lessbox");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+
+    let sock = format!("msbfs-it-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let tmux = Tmux { sock };
+    let st = sh(tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "t", "-x", "200", "-y", "50"])
+        .arg(format!("env -u LESS LESSHISTFILE=- less +F {}", merged.display())));
+    assert!(st.status.success(), "tmux: {}", String::from_utf8_lossy(&st.stderr));
+    wait_until(Duration::from_secs(10), "less shows Waiting for data", || tmux.capture().contains("Waiting for data"));
+
+    let marker = "UNIQUE-LESS-MARKER-7f3a9";
+    append_exec(&logs, "stdout", 99, &format!("{marker}\n"));
+    wait_until(Duration::from_secs(10), "less shows the appended line", || tmux.capture().contains(marker));
+
+    sh(tmux.cmd().args(["send-keys", "-t", "t", "C-c"]));
+    wait_until(Duration::from_secs(5), "less stops following after Ctrl-C", || {
+        let screen = tmux.capture();
+        !screen.contains("Waiting for data") && screen.contains(marker)
+    });
+    assert!(tmux.alive(), "less survives Ctrl-C");
+    let cmdname = String::from_utf8_lossy(
+        &sh(tmux.cmd().args(["list-panes", "-t", "t", "-F", "#{pane_dead} #{pane_current_command}"])).stdout,
+    )
+    .trim()
+    .to_string();
+    assert_eq!(cmdname, "0 less");
+
+    sh(tmux.cmd().args(["send-keys", "-t", "t", "q"]));
+    wait_until(Duration::from_secs(5), "less quits on q", || !tmux.alive());
+}
+
+const PY_FOLLOWER: &str = r#"
+import sys
+f = open(sys.argv[1], 'rb', buffering=0)
+n = 0
+while True:
+    b = f.read(65536)
+    if not b:
+        break
+    n += len(b)
+assert f.read(65536) == b''          # second end of file: still 0
+print("READY", n, flush=True)
+b = f.read(65536)                    # third: blocks until data
+print("GOT", b.decode('utf-8', 'replace').rstrip('\n'), flush=True)
+assert f.read(65536) == b''          # data resets the count: 0, 0, then block
+assert f.read(65536) == b''
+print("BLOCKING", flush=True)
+f.read(65536)                        # blocks; SIGINT -> KeyboardInterrupt
+print("NOT INTERRUPTED", flush=True)
+"#;
+
+/// Case 5: A Python follower: woken by an append, interrupted by SIGINT while blocked.
+#[test]
+fn python_follower_wakes_and_is_interruptible() {
+    let env = Env::new();
+    let logs = env.logs_dir("py");
+    Sim::new("py", 300).seed(4).run_lib(&env.home);
+    let _m = env.mount();
+    let merged = env.merged("py");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    let size = fs::metadata(&merged).unwrap().len();
+
+    let mut py = ChildGuard::new(
+        "python3",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_FOLLOWER)
+            .arg(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let lines = Lines::new(py.child().stdout.take().unwrap());
+    let ready = lines.next(Duration::from_secs(10), "READY");
+    assert_eq!(ready, format!("READY {size}"));
+    wait_parked_in_read(py.pid(), Duration::from_secs(5));
+
+    let marker = "PY-WAKE-MARKER-51c2";
+    let t = Instant::now();
+    append_exec(&logs, "stderr", 77, &format!("{marker}\n"));
+    let got = lines.next(Duration::from_secs(5), "GOT (woken by the append)");
+    assert!(got.starts_with("GOT ") && got.ends_with(&format!(" stderr[77] {marker}")), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    assert_eq!(lines.next(Duration::from_secs(5), "BLOCKING"), "BLOCKING");
+    wait_parked_in_read(py.pid(), Duration::from_secs(5));
+    let t = Instant::now();
+    py.signal(libc::SIGINT);
+    let st = py.wait_exit(Duration::from_secs(2)).expect("python interrupted within 2 s");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let mut err = String::new();
+    py.child().stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!st.success());
+    assert!(err.contains("KeyboardInterrupt"), "stderr: {err}");
+    assert_eq!(lines.rest(Duration::from_secs(5)), Vec::<String>::new(), "nothing after the interrupted read");
+}
+
+/// Case 6: getfattr user.cursor: 4 positions, exec at (inode, size) of exec.log once caught up.
+#[test]
+fn cursor_xattr_via_getfattr() {
+    let env = Env::new();
+    let logs = env.logs_dir("cur");
+    let s = Sim::new("cur", 4000).rotate(150_000).seed(6).run_bin(&env.home);
+    assert!(s.exec_rotations >= 1);
+    let _m = env.mount();
+    let merged = env.merged("cur");
+    // Fully caught up: exec, runtime and kernel at (inode, size), merged offset == st_size.
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    let c = cursor(&merged);
+    assert_eq!(c.len(), 4);
+    assert_eq!(c[0], ino_size(&logs.join("exec.log")));
+    assert_eq!(c[1], ino_size(&logs.join("runtime.log")));
+    assert_eq!(c[2], ino_size(&logs.join("kernel.log")));
+    assert_eq!(c[3].offset, fs::metadata(&merged).unwrap().len());
+    assert_eq!(c[3].offset, read_all(&merged).len() as u64);
+
+    // Appending moves the exec position and the merged offset.
+    append_exec(&logs, "stdout", 5, "cursor moves\n");
+    wait_caught_up(&logs, &merged, Duration::from_secs(5));
+    let c2 = cursor(&merged);
+    assert_eq!(c2[0].generation, c[0].generation);
+    assert!(c2[0].offset > c[0].offset);
+    assert_eq!(c2[3].generation, c[3].generation, "same epoch");
+    assert!(c2[3].offset > c[3].offset);
+
+    // A name other than user.cursor does not exist.
+    let out = sh(Command::new("getfattr").args(["-n", "user.nope"]).arg(&merged));
+    assert!(!out.status.success());
+}
+
+/// Case 7: A sandbox appears while mounted and disappears when deleted.
+#[test]
+fn sandbox_appears_and_disappears() {
+    let env = Env::new();
+    env.logs_dir("old");
+    let _m = env.mount();
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), vec!["old".to_string()]);
+
+    let logs = env.logs_dir("fresh");
+    let s = Sim::new("fresh", 500).seed(7).run_bin(&env.home);
+    wait_until(Duration::from_secs(3), "fresh listed", || names() == vec!["fresh".to_string(), "old".to_string()]);
+    let merged = env.merged("fresh");
+    wait_caught_up(&logs, &merged, Duration::from_secs(5));
+    check(&read_all(&merged), &s, Expect::Complete);
+
+    fs::remove_dir_all(env.home.join("sandboxes").join("fresh")).unwrap();
+    wait_until(Duration::from_secs(3), "fresh gone", || names() == vec!["old".to_string()]);
+    assert!(!merged.exists());
+}
+
+/// Case 8: O_NONBLOCK reads at end of file return 0 at once, every time.
+#[test]
+fn nonblocking_reads_never_block() {
+    let env = Env::new();
+    let logs = env.logs_dir("nb");
+    let s = Sim::new("nb", 300).seed(8).run_lib(&env.home);
+    let _m = env.mount();
+    let merged = env.merged("nb");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+
+    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&merged).unwrap();
+    let mut all = Vec::new();
+    f.read_to_end(&mut all).unwrap();
+    check(&all, &s, Expect::Complete);
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    for i in 0..10 {
+        assert_eq!(f.read(&mut buf).unwrap(), 0, "read {i} at EOF");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "10 EOF reads took {:?}", t.elapsed());
+
+    // A blocking handle switched to O_NONBLOCK with fcntl after two EOFs: still 0.
+    let mut g = File::open(&merged).unwrap();
+    let mut sink = Vec::new();
+    g.read_to_end(&mut sink).unwrap(); // one EOF
+    assert_eq!(g.read(&mut buf).unwrap(), 0); // two
+                                              // SAFETY: fcntl on an fd we own.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fl = libc::fcntl(g.as_raw_fd(), libc::F_GETFL);
+        assert_eq!(libc::fcntl(g.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+    }
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(g.read(&mut buf).unwrap(), 0);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+/// Case 9: Every write-type operation fails with EROFS.
+#[test]
+fn write_operations_fail_with_erofs() {
+    let env = Env::new();
+    let logs = env.logs_dir("ro");
+    Sim::new("ro", 50).run_lib(&env.home);
+    let _m = env.mount();
+    let merged = env.merged("ro");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    let before = read_all(&merged);
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(File::create(env.mnt.join("ro").join("new.txt")).map(drop), "create new file");
+    erofs(File::create(env.mnt.join("new-top")).map(drop), "create in root");
+    erofs(OpenOptions::new().write(true).open(&merged).map(drop), "open merged.log O_WRONLY");
+    erofs(OpenOptions::new().read(true).write(true).open(&merged).map(drop), "open O_RDWR");
+    erofs(OpenOptions::new().append(true).open(&merged).map(drop), "open O_APPEND");
+    erofs(fs::create_dir(env.mnt.join("newdir")), "mkdir");
+    erofs(fs::remove_file(&merged), "rm merged.log");
+    erofs(fs::remove_dir_all(env.mnt.join("ro")), "rm -r sandbox dir");
+    erofs(fs::rename(&merged, env.mnt.join("ro").join("x.log")), "rename");
+    erofs(std::os::unix::fs::symlink("x", env.mnt.join("ro").join("lnk")), "symlink");
+    erofs(fs::hard_link(&merged, env.mnt.join("ro").join("hl")), "link");
+    erofs(fs::set_permissions(&merged, std::os::unix::fs::PermissionsExt::from_mode(0o777)), "chmod");
+
+    let touch = sh(Command::new("touch").arg(env.mnt.join("ro").join("t")));
+    assert!(!touch.status.success());
+    assert!(String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"));
+    let touch = sh(Command::new("touch").arg(&merged));
+    assert!(!touch.status.success());
+    assert!(String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"));
+    let sf = sh(Command::new("setfattr").args(["-n", "user.x", "-v", "1"]).arg(&merged));
+    assert!(!sf.status.success());
+    assert!(
+        String::from_utf8_lossy(&sf.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&sf.stderr)
+    );
+    let sf = sh(Command::new("setfattr").args(["-x", "user.cursor"]).arg(&merged));
+    assert!(!sf.status.success());
+    assert!(String::from_utf8_lossy(&sf.stderr).contains("Read-only file system"));
+    let tr = sh(Command::new("truncate").args(["-s", "0"]).arg(&merged));
+    assert!(!tr.status.success());
+    assert!(String::from_utf8_lossy(&tr.stderr).contains("Read-only file system"));
+
+    assert!(read_all(&merged) == before, "content unchanged");
+}
