@@ -4,11 +4,14 @@
 #   `tail -n 10`, a random-access `dd skip=`, follow latency (producer write -> reader
 #   wake; median and p99) and the daemon's peak RSS.
 # Usage: scripts/bench.sh [LINES]   (default 330000 lines ≈ 50 MiB of source files)
+#        MSBFS_BIN=/path/to/msbfs scripts/bench.sh   (benchmark another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${1:-330000}
-cargo build --release --quiet
-BIN=$PWD/target/release/msbfs
+if [[ -z ${MSBFS_BIN:-} ]]; then
+  cargo build --release --quiet
+fi
+BIN=${MSBFS_BIN:-$PWD/target/release/msbfs}
 WORK=$(mktemp -d /tmp/msbfs-bench.XXXXXX)
 HOME_DIR=$WORK/home MNT=$WORK/mnt
 mkdir -p "$HOME_DIR/sandboxes" "$MNT"
@@ -39,10 +42,14 @@ echo "mount + first-sight ingest: $(secs "$t0" "$t1") s for $((SIZE / 1048576)) 
 cat "$LOGS"/* >/dev/null # warm the page cache for a fair comparison
 t0=$(now); cat "$LOGS"/* >/dev/null; t1=$(now)
 RAW=$(secs "$t0" "$t1")
-t0=$(now); READ=$(cat "$MNT/bench/merged.log" | wc -c); t1=$(now)
-MERGED=$(secs "$t0" "$t1")
-[[ $READ == "$SIZE" ]] || { echo "size mismatch: read $READ, st_size $SIZE"; exit 1; }
-echo "cat merged.log: $MERGED s ($(python3 -c "print(f'{$SIZE/1048576/$MERGED:.0f}')") MiB/s); cat raw sources: $RAW s"
+MERGED=
+for _ in 1 2 3; do # best of three; each cat re-renders all but the last few segments
+  t0=$(now); READ=$(cat "$MNT/bench/merged.log" | wc -c); t1=$(now)
+  [[ $READ == "$SIZE" ]] || { echo "size mismatch: read $READ, st_size $SIZE"; exit 1; }
+  T=$(secs "$t0" "$t1")
+  if [[ -z $MERGED ]] || python3 -c "import sys; sys.exit(0 if $T < $MERGED else 1)"; then MERGED=$T; fi
+done
+echo "cat merged.log (best of 3): $MERGED s ($(python3 -c "print(f'{$SIZE/1048576/$MERGED:.0f}')") MiB/s rendered); cat raw sources: $RAW s"
 
 t0=$(now); tail -n 10 "$MNT/bench/merged.log" >/dev/null; t1=$(now)
 echo "tail -n 10: $(secs "$t0" "$t1") s"

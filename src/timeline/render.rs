@@ -43,6 +43,21 @@ struct Held {
     /// Order of arrival, for flushing the oldest first.
     seq: u64,
     text: Vec<u8>,
+    /// Earlier 64 KiB pieces of this line were already rendered; if the line ends
+    /// right here, nothing is left to render.
+    cut: bool,
+}
+
+impl Held {
+    /// Renders the held text (joined with `rest`) as a line, unless it is only the
+    /// empty end of a line already rendered in pieces.
+    fn render(mut self, tag: Tag, rest: &[u8], strip_cr: bool, out: &mut Vec<u8>) {
+        self.text.extend_from_slice(rest);
+        let text = if strip_cr { self.text.strip_suffix(b"\r").unwrap_or(&self.text) } else { &self.text };
+        if !(text.is_empty() && self.cut) {
+            render_line(self.ts, tag, text, out);
+        }
+    }
 }
 
 /// Reassembles lines of exec streams split across chunks. Empty at every checkpoint,
@@ -71,16 +86,17 @@ impl Assembler {
         if !matches!(record.tag, Tag::Stdout(_) | Tag::Stderr(_) | Tag::Output(_)) {
             return render_record(record, out);
         }
+        if record.text.ends_with(b"\n") && (self.held.is_empty() || !self.held.contains_key(&record.tag)) {
+            // The common case: whole lines, nothing to continue.
+            return render_record(record, out);
+        }
         let tag = record.tag;
         let mut text = record.text.as_slice();
         while let Some(i) = memchr::memchr(b'\n', text) {
             let line = &text[..i];
             text = &text[i + 1..];
             match self.held.remove(&tag) {
-                Some(mut held) => {
-                    held.text.extend_from_slice(line);
-                    render_line(held.ts, tag, held.text.strip_suffix(b"\r").unwrap_or(&held.text), out);
-                }
+                Some(held) => held.render(tag, line, true, out),
                 None => render_line(record.ts, tag, line.strip_suffix(b"\r").unwrap_or(line), out),
             }
         }
@@ -88,7 +104,7 @@ impl Assembler {
             return;
         }
         let seq = self.next_seq;
-        let held = self.held.entry(tag).or_insert_with(|| Held { ts: record.ts, seq, text: Vec::new() });
+        let held = self.held.entry(tag).or_insert_with(|| Held { ts: record.ts, seq, text: Vec::new(), cut: false });
         if held.seq == seq {
             self.next_seq += 1;
         }
@@ -98,9 +114,7 @@ impl Assembler {
             let whole = held.text.len() / MAX_LINE_TEXT * MAX_LINE_TEXT;
             render_line(held.ts, tag, &held.text[..whole], out);
             held.text.drain(..whole);
-            if held.text.is_empty() {
-                self.held.remove(&tag);
-            }
+            held.cut = true;
         }
         if self.held.len() > MAX_HELD_STREAMS {
             if let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(t, _)| *t) {
@@ -112,7 +126,7 @@ impl Assembler {
     /// Renders the fragment held for `stream`, if any, as a line of its own.
     pub fn flush(&mut self, stream: Tag, out: &mut Vec<u8>) {
         if let Some(held) = self.held.remove(&stream) {
-            render_line(held.ts, stream, &held.text, out);
+            held.render(stream, &[], false, out);
         }
     }
 
@@ -121,7 +135,7 @@ impl Assembler {
         let mut all: Vec<(Tag, Held)> = self.held.drain().collect();
         all.sort_by_key(|(_, h)| h.seq);
         for (tag, held) in all {
-            render_line(held.ts, tag, &held.text, out);
+            held.render(tag, &[], false, out);
         }
     }
 }
@@ -229,5 +243,102 @@ mod tests {
             (notice.ts, notice.text.as_slice()),
             (6, &b"12 bytes of exec.log were lost before msbfs could read them"[..])
         );
+    }
+
+    fn chunk(ts: i64, tag: Tag, text: &[u8]) -> Record {
+        Record { ts, tag, text: text.to_vec() }
+    }
+
+    fn lines(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out).lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn fragments_join_with_the_time_of_the_chunk_that_began_them() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&chunk(1000, Tag::Stdout(Some(7)), b"hel"), &mut out);
+        asm.render(&chunk(2000, Tag::Stdout(Some(7)), b"lo wor"), &mut out);
+        assert!(out.is_empty() && !asm.is_empty());
+        asm.render(&chunk(3000, Tag::Stdout(Some(7)), b"ld\r\nnext\n"), &mut out);
+        assert_eq!(
+            lines(&out),
+            ["1970-01-01T00:00:01.000Z stdout[7] hello world", "1970-01-01T00:00:03.000Z stdout[7] next"]
+        );
+        assert!(asm.is_empty());
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_ends_the_line_and_a_lone_cr_stays() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&chunk(0, Tag::Output(Some(1)), b"a\rb\r"), &mut out);
+        asm.render(&chunk(0, Tag::Output(Some(1)), b"\n"), &mut out);
+        assert_eq!(lines(&out), ["1970-01-01T00:00:00.000Z output[1] a\rb"]);
+    }
+
+    #[test]
+    fn streams_are_independent_and_other_sources_pass_through() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&chunk(0, Tag::Stdout(Some(7)), b"held "), &mut out);
+        asm.render(&chunk(0, Tag::Stderr(Some(7)), b"err\n"), &mut out);
+        asm.render(&chunk(0, Tag::Stdout(Some(8)), b"other\n"), &mut out);
+        asm.render(&chunk(0, Tag::System, b"--- sandbox started ---\n"), &mut out);
+        asm.render(&chunk(0, Tag::Runtime, b"INFO x"), &mut out);
+        asm.render(&chunk(0, Tag::Kernel, b"[ 0.1] k"), &mut out);
+        let got = lines(&out);
+        assert_eq!(got.len(), 5);
+        assert!(got[0].ends_with("stderr[7] err") && got[1].ends_with("stdout[8] other"));
+        assert!(got[2].ends_with("system --- sandbox started ---") && got[3].ends_with("runtime INFO x"));
+        asm.render(&chunk(0, Tag::Stdout(Some(7)), b"done\n"), &mut out);
+        assert!(lines(&out)[5].ends_with("stdout[7] held done"));
+    }
+
+    #[test]
+    fn a_megabyte_without_newline_becomes_64k_lines_and_memory_stays_bounded() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        for _ in 0..256 {
+            asm.render(&chunk(0, Tag::Stdout(Some(1)), &[b'x'; 4096]), &mut out);
+            assert!(asm.held.values().all(|h| h.text.len() < MAX_LINE_TEXT));
+        }
+        asm.render(&chunk(0, Tag::Stdout(Some(1)), b"\n"), &mut out);
+        let got = lines(&out);
+        assert_eq!(got.len(), 16, "no empty line after a line of exactly 16 x 64 KiB");
+        let prefix = "1970-01-01T00:00:00.000Z stdout[1] ".len();
+        assert!(got.iter().all(|l| l.len() - prefix == MAX_LINE_TEXT));
+        assert!(asm.is_empty());
+    }
+
+    #[test]
+    fn flushes_render_fragments_as_lines_of_their_own() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&chunk(1000, Tag::Stdout(Some(1)), b"Password: "), &mut out);
+        asm.render(&chunk(2000, Tag::Stderr(None), b"50%"), &mut out);
+        asm.render(&chunk(3000, Tag::Output(Some(2)), b"$ "), &mut out);
+        asm.flush(Tag::Stdout(Some(1)), &mut out);
+        asm.flush(Tag::Stdout(Some(1)), &mut out);
+        assert_eq!(lines(&out), ["1970-01-01T00:00:01.000Z stdout[1] Password: "]);
+        out.clear();
+        asm.flush_all(&mut out);
+        assert_eq!(lines(&out), ["1970-01-01T00:00:02.000Z stderr 50%", "1970-01-01T00:00:03.000Z output[2] $ "]);
+        assert!(asm.is_empty());
+        // The answer typed after a flushed prompt starts a new line.
+        out.clear();
+        asm.render(&chunk(4000, Tag::Stdout(Some(1)), b"secret\n"), &mut out);
+        assert_eq!(lines(&out), ["1970-01-01T00:00:04.000Z stdout[1] secret"]);
+    }
+
+    #[test]
+    fn beyond_1024_held_streams_the_oldest_is_flushed() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        for id in 0..=MAX_HELD_STREAMS as u64 {
+            asm.render(&chunk(id as i64, Tag::Stdout(Some(id)), b"frag"), &mut out);
+        }
+        assert_eq!(lines(&out), ["1970-01-01T00:00:00.000Z stdout[0] frag"]);
+        assert_eq!(asm.held_streams().count(), MAX_HELD_STREAMS);
     }
 }
