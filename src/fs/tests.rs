@@ -49,6 +49,20 @@ impl World {
         self.sim.finish().unwrap();
     }
 
+    /// A small history, a handle that read two end-of-file answers at its end (so its
+    /// next read there parks), and the size.
+    fn at_end_after_two_eofs() -> (World, u64, u64) {
+        let mut w = World::new(10 << 20);
+        w.write(5);
+        w.ingest.poll();
+        let fh = w.open(libc::O_RDONLY);
+        let size = w.ingest.timeline().size();
+        for _ in 0..EOF_REPLIES_BEFORE_BLOCKING {
+            assert_eq!(read_now(&w.fs, fh, size, 10).unwrap(), b"");
+        }
+        (w, fh, size)
+    }
+
     fn file_ino(&self) -> u64 {
         let dir = self.fs.lookup(ROOT_INO, "web").unwrap();
         self.fs.lookup(dir.ino, MERGED_NAME).unwrap().ino
@@ -185,13 +199,7 @@ fn nonblocking_handles_never_park() {
 
 #[test]
 fn parked_reads_end_with_eof_when_the_sandbox_goes_away() {
-    let mut w = World::new(10 << 20);
-    w.write(5);
-    w.ingest.poll();
-    let fh = w.open(libc::O_RDONLY);
-    let size = w.ingest.timeline().size();
-    read_now(&w.fs, fh, size, 10).unwrap();
-    read_now(&w.fs, fh, size, 10).unwrap();
+    let (w, fh, size) = World::at_end_after_two_eofs();
     let parked = start_read(&w.fs, fh, size, 10, 0);
     assert!(parked.recv_timeout(Duration::from_millis(50)).is_err());
     w.fs.sandbox_removed("web");
@@ -207,13 +215,7 @@ fn parked_reads_end_with_eof_when_the_sandbox_goes_away() {
 
 #[test]
 fn shutdown_answers_parked_reads() {
-    let mut w = World::new(10 << 20);
-    w.write(5);
-    w.ingest.poll();
-    let fh = w.open(libc::O_RDONLY);
-    let size = w.ingest.timeline().size();
-    read_now(&w.fs, fh, size, 10).unwrap();
-    read_now(&w.fs, fh, size, 10).unwrap();
+    let (w, fh, size) = World::at_end_after_two_eofs();
     let parked = start_read(&w.fs, fh, size, 10, 0);
     w.fs.shutdown();
     assert_eq!(parked.recv_timeout(Duration::from_secs(2)).unwrap().unwrap(), b"");
@@ -247,13 +249,7 @@ impl Drop for StoppedChild {
 
 #[test]
 fn watchdog_interrupts_a_reader_with_a_pending_signal() {
-    let mut w = World::new(10 << 20);
-    w.write(5);
-    w.ingest.poll();
-    let fh = w.open(libc::O_RDONLY);
-    let size = w.ingest.timeline().size();
-    read_now(&w.fs, fh, size, 10).unwrap();
-    read_now(&w.fs, fh, size, 10).unwrap();
+    let (w, fh, size) = World::at_end_after_two_eofs();
     // Our own thread has nothing pending: its read stays parked.
     let quiet = start_read(&w.fs, fh, size, 10, 0);
     let child = StoppedChild::with_pending_signal();
@@ -267,13 +263,7 @@ fn watchdog_interrupts_a_reader_with_a_pending_signal() {
 
 #[test]
 fn watchdog_ends_reads_of_vanished_threads() {
-    let mut w = World::new(10 << 20);
-    w.write(5);
-    w.ingest.poll();
-    let fh = w.open(libc::O_RDONLY);
-    let size = w.ingest.timeline().size();
-    read_now(&w.fs, fh, size, 10).unwrap();
-    read_now(&w.fs, fh, size, 10).unwrap();
+    let (w, fh, size) = World::at_end_after_two_eofs();
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id();
     child.wait().unwrap();
