@@ -36,6 +36,7 @@ fn main() {
     let mut ingest_best = f64::MAX;
     let mut render_best = f64::MAX;
     let mut size = 0;
+    let mut index = (0, 0);
     for _ in 0..rounds {
         let t0 = cpu_seconds();
         let mut sb = SandboxIngest::new(&name, &logs, id, 1);
@@ -43,6 +44,7 @@ fn main() {
         let t1 = cpu_seconds();
         let timeline = sb.timeline().clone();
         size = timeline.size();
+        index = timeline.index_stats();
         let segments = timeline.checkpoint_offsets().len() - 1;
         let mut rendered = 0u64;
         for k in 0..segments {
@@ -54,6 +56,13 @@ fn main() {
         render_best = render_best.min((t2 - t1) * size as f64 / rendered as f64);
     }
     let mib = size as f64 / 1048576.0;
+    let checkpoint_bytes = index.0 * std::mem::size_of::<msbfs::timeline::Checkpoint>();
+    println!(
+        "index: {} checkpoints ({checkpoint_bytes} bytes) + {} bytes of ops = {:.0} bytes per 64 KiB of output",
+        index.0,
+        index.1,
+        (checkpoint_bytes + index.1) as f64 / (size as f64 / 65536.0)
+    );
     println!(
         "{mib:.1} MiB merged: ingest {ingest_best:.3} s CPU ({:.0} MiB/s), re-render {render_best:.3} s CPU ({:.0} MiB/s), best of {rounds}",
         mib / ingest_best,
