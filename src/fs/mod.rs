@@ -311,11 +311,6 @@ impl Fs {
         }
     }
 
-    /// Number of open handles.
-    pub fn open_handles(&self) -> usize {
-        self.handles.lock().len()
-    }
-
     /// Reads up to `size` bytes at `offset` of handle `fh`. `flags` are the file's
     /// current flags (for `O_NONBLOCK`), `pid` the reading thread (for the signal
     /// watchdog). The reply may come later, from another thread (follow mode).

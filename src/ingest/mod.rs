@@ -251,3 +251,55 @@ impl Ingest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// Records what ingest reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Catalog for Recorder {
+        fn sandbox_added(&self, name: &str, _timeline: Arc<Timeline>) {
+            self.0.lock().push(format!("+{name}"));
+        }
+        fn sandbox_removed(&self, name: &str) {
+            self.0.lock().push(format!("-{name}"));
+        }
+    }
+
+    fn wait_for(recorder: &Recorder, entry: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !recorder.0.lock().iter().any(|e| e == entry) {
+            assert!(Instant::now() < deadline, "never saw {entry}: {:?}", recorder.0.lock());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn only_sandboxes_with_valid_names_and_logs_appear() {
+        let home = tempfile::tempdir().unwrap();
+        let sandboxes = home.path().join("sandboxes");
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let max = "y".repeat(MAX_NAME_LEN);
+        for name in ["web", long.as_str(), max.as_str()] {
+            std::fs::create_dir_all(sandboxes.join(name).join("logs")).unwrap();
+        }
+        std::fs::create_dir_all(sandboxes.join(std::ffi::OsStr::from_bytes(b"bad\xff")).join("logs")).unwrap();
+        std::fs::create_dir_all(sandboxes.join("no-logs-yet")).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let handle = spawn(home.path(), recorder.clone()).unwrap();
+        let mut seen = recorder.0.lock().clone();
+        seen.sort();
+        assert_eq!(seen, ["+web".to_string(), format!("+{max}")]);
+        // A sandbox whose logs/ appears later is found; one that vanishes is removed.
+        std::fs::create_dir(sandboxes.join("no-logs-yet").join("logs")).unwrap();
+        wait_for(&recorder, "+no-logs-yet");
+        std::fs::remove_dir_all(sandboxes.join("web")).unwrap();
+        wait_for(&recorder, "-web");
+        handle.stop();
+    }
+}

@@ -90,11 +90,6 @@ impl LineReader {
         }
     }
 
-    /// The chain this reader walks.
-    pub fn chain(&self) -> &Arc<Chain> {
-        &self.chain
-    }
-
     fn apply_consume(&mut self) {
         if self.consume == 0 {
             return;

@@ -127,11 +127,6 @@ impl Tag {
             out.push(b']');
         }
     }
-
-    /// True for the captured-output streams whose chunks may hold several lines.
-    pub fn is_exec_stream(self) -> bool {
-        matches!(self, Tag::Stdout(_) | Tag::Stderr(_) | Tag::Output(_) | Tag::System)
-    }
 }
 
 /// A parsed source line. `text` holds no `\n` except for exec chunks, which may hold
