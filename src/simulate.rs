@@ -85,7 +85,7 @@ impl SimConfig {
 }
 
 /// Counts of what has been written so far (logical lines, not entries).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Logical exec lines per `"stdout[3]"` / `"stderr[1]"` / `"output[2]"`
     /// key (stream and session id) plus `"system"` for lifecycle markers.
@@ -107,18 +107,17 @@ pub struct Summary {
 impl Summary {
     /// The summary as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
-        let exec: serde_json::Map<String, serde_json::Value> =
-            self.exec_lines.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect();
-        serde_json::json!({
-            "exec_lines": exec,
-            "runtime_lines": self.runtime_lines,
-            "runtime_continuations": self.runtime_continuations,
-            "kernel_lines": self.kernel_lines,
-            "exec_rotations": self.exec_rotations,
-            "runtime_rotations": self.runtime_rotations,
-            "bytes_written": self.bytes_written,
-        })
-        .to_string()
+        serde_json::to_string(self).expect("a summary always serializes")
+    }
+
+    /// Parses the line [`Summary::to_json`] prints (what `msbfs simulate` writes).
+    pub fn from_json(text: &str) -> serde_json::Result<Summary> {
+        serde_json::from_str(text.trim())
+    }
+
+    /// Logical exec output lines (stdout, stderr, output), without `system` lines.
+    pub fn exec_total(&self) -> u64 {
+        self.exec_lines.iter().filter(|(k, _)| *k != "system").map(|(_, v)| v).sum()
     }
 }
 

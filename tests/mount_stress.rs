@@ -114,7 +114,7 @@ fn mount_in_the_middle_of_rotating_writes() {
             }
             sim.finish().unwrap();
             finished.store(true, Ordering::SeqCst);
-            Summary::from_lib(sim.summary())
+            sim.summary().clone()
         })
     };
     // Mount once the producer has rotated a few times (about 40k lines in).

@@ -94,7 +94,7 @@ pub struct SandboxIngest {
     assembler: Assembler,
     /// When ingest first saw each held fragment (wall clock; decisions taken from it
     /// are recorded as `Flush` ops, so replay never consults the clock).
-    held_since: HashMap<Tag, Instant>,
+    held_since: HashMap<(Tag, u64), Instant>,
 }
 
 impl SandboxIngest {
@@ -225,15 +225,17 @@ impl SandboxIngest {
     }
 
     /// Flushes fragments that waited [`FLUSH_AFTER`] and starts the clock of new ones.
+    /// Each fragment has its own clock: one completed and another begun in the same
+    /// stream between two polls do not share one.
     fn flush_due(&mut self, batch: &mut crate::timeline::Batch, now: Instant) {
-        let held: Vec<Tag> = self.assembler.held_streams().collect();
-        self.held_since.retain(|tag, _| held.contains(tag));
-        for tag in held {
-            let since = *self.held_since.entry(tag).or_insert(now);
+        let held: Vec<(Tag, u64)> = self.assembler.held_fragments().collect();
+        self.held_since.retain(|fragment, _| held.contains(fragment));
+        for fragment in held {
+            let since = *self.held_since.entry(fragment).or_insert(now);
             if now.duration_since(since) >= FLUSH_AFTER {
                 let marks = self.marks();
-                batch.flush(Some(tag), &mut self.assembler, &marks);
-                self.held_since.remove(&tag);
+                batch.flush(Some(fragment.0), &mut self.assembler, &marks);
+                self.held_since.remove(&fragment);
             }
         }
     }

@@ -42,22 +42,8 @@ struct Held {
     ts: i64,
     /// Order of arrival, for flushing the oldest first.
     seq: u64,
+    /// Never empty, at most 64 KiB once a chunk is taken.
     text: Vec<u8>,
-    /// Earlier 64 KiB pieces of this line were already rendered; if the line ends
-    /// right here, nothing is left to render.
-    cut: bool,
-}
-
-impl Held {
-    /// Renders the held text (joined with `rest`) as a line, unless it is only the
-    /// empty end of a line already rendered in pieces.
-    fn render(mut self, tag: Tag, rest: &[u8], strip_cr: bool, out: &mut Vec<u8>) {
-        self.text.extend_from_slice(rest);
-        let text = if strip_cr { self.text.strip_suffix(b"\r").unwrap_or(&self.text) } else { &self.text };
-        if !(text.is_empty() && self.cut) {
-            render_line(self.ts, tag, text, out);
-        }
-    }
 }
 
 /// Reassembles lines of exec streams split across chunks. Empty at every checkpoint,
@@ -74,9 +60,10 @@ impl Assembler {
         self.held.is_empty()
     }
 
-    /// The streams holding a fragment now.
-    pub fn held_streams(&self) -> impl Iterator<Item = Tag> + '_ {
-        self.held.keys().copied()
+    /// The fragments held now: their stream and arrival number (a new fragment of the
+    /// same stream gets a new number).
+    pub fn held_fragments(&self) -> impl Iterator<Item = (Tag, u64)> + '_ {
+        self.held.iter().map(|(tag, held)| (*tag, held.seq))
     }
 
     /// Renders `record`: for exec output streams, completed lines (a held fragment
@@ -96,7 +83,10 @@ impl Assembler {
             let line = &text[..i];
             text = &text[i + 1..];
             match self.held.remove(&tag) {
-                Some(held) => held.render(tag, line, true, out),
+                Some(mut held) => {
+                    held.text.extend_from_slice(line);
+                    render_line(held.ts, tag, held.text.strip_suffix(b"\r").unwrap_or(&held.text), out);
+                }
                 None => render_line(record.ts, tag, line.strip_suffix(b"\r").unwrap_or(line), out),
             }
         }
@@ -104,17 +94,18 @@ impl Assembler {
             return;
         }
         let seq = self.next_seq;
-        let held = self.held.entry(tag).or_insert_with(|| Held { ts: record.ts, seq, text: Vec::new(), cut: false });
+        let held = self.held.entry(tag).or_insert_with(|| Held { ts: record.ts, seq, text: Vec::new() });
         if held.seq == seq {
             self.next_seq += 1;
         }
         held.text.extend_from_slice(text);
-        // A fragment that reaches 64 KiB is a line of its own (cut in 64 KiB pieces).
-        if held.text.len() >= MAX_LINE_TEXT {
-            let whole = held.text.len() / MAX_LINE_TEXT * MAX_LINE_TEXT;
+        // A fragment past 64 KiB is cut into 64 KiB lines; the last piece (1 byte to
+        // 64 KiB) stays held, so a line of exactly k x 64 KiB ends without an extra
+        // empty line when its newline comes in the next chunk.
+        if held.text.len() > MAX_LINE_TEXT {
+            let whole = (held.text.len() - 1) / MAX_LINE_TEXT * MAX_LINE_TEXT;
             render_line(held.ts, tag, &held.text[..whole], out);
             held.text.drain(..whole);
-            held.cut = true;
         }
         if self.held.len() > MAX_HELD_STREAMS {
             if let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(t, _)| *t) {
@@ -126,7 +117,7 @@ impl Assembler {
     /// Renders the fragment held for `stream`, if any, as a line of its own.
     pub fn flush(&mut self, stream: Tag, out: &mut Vec<u8>) {
         if let Some(held) = self.held.remove(&stream) {
-            held.render(stream, &[], false, out);
+            render_line(held.ts, stream, &held.text, out);
         }
     }
 
@@ -135,7 +126,7 @@ impl Assembler {
         let mut all: Vec<(Tag, Held)> = self.held.drain().collect();
         all.sort_by_key(|(_, h)| h.seq);
         for (tag, held) in all {
-            held.render(tag, &[], false, out);
+            render_line(held.ts, tag, &held.text, out);
         }
     }
 }
@@ -301,7 +292,7 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..256 {
             asm.render(&chunk(0, Tag::Stdout(Some(1)), &[b'x'; 4096]), &mut out);
-            assert!(asm.held.values().all(|h| h.text.len() < MAX_LINE_TEXT));
+            assert!(asm.held.values().all(|h| h.text.len() <= MAX_LINE_TEXT));
         }
         asm.render(&chunk(0, Tag::Stdout(Some(1)), b"\n"), &mut out);
         let got = lines(&out);
@@ -339,6 +330,6 @@ mod tests {
             asm.render(&chunk(id as i64, Tag::Stdout(Some(id)), b"frag"), &mut out);
         }
         assert_eq!(lines(&out), ["1970-01-01T00:00:00.000Z stdout[0] frag"]);
-        assert_eq!(asm.held_streams().count(), MAX_HELD_STREAMS);
+        assert_eq!(asm.held_fragments().count(), MAX_HELD_STREAMS);
     }
 }

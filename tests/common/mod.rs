@@ -324,54 +324,12 @@ impl Drop for Mounted {
 // ---------------------------------------------------------------------------
 // Simulator
 
-/// The simulator's summary (the JSON line, or the library struct).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub exec_lines: BTreeMap<String, u64>,
-    pub runtime_lines: u64,
-    pub runtime_continuations: u64,
-    pub kernel_lines: u64,
-    pub exec_rotations: u64,
-    pub runtime_rotations: u64,
-    pub bytes_written: u64,
-}
+/// The simulator's summary (the JSON line it prints, or the library struct).
+pub use msbfs::simulate::Summary;
 
-impl Summary {
-    pub fn from_json(s: &str) -> Summary {
-        let v: serde_json::Value = serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("summary {s:?}: {e}"));
-        let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("summary field {k} in {s}"));
-        Summary {
-            exec_lines: v["exec_lines"]
-                .as_object()
-                .expect("exec_lines")
-                .iter()
-                .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
-                .collect(),
-            runtime_lines: u("runtime_lines"),
-            runtime_continuations: u("runtime_continuations"),
-            kernel_lines: u("kernel_lines"),
-            exec_rotations: u("exec_rotations"),
-            runtime_rotations: u("runtime_rotations"),
-            bytes_written: u("bytes_written"),
-        }
-    }
-
-    pub fn from_lib(s: &msbfs::simulate::Summary) -> Summary {
-        Summary {
-            exec_lines: s.exec_lines.clone(),
-            runtime_lines: s.runtime_lines,
-            runtime_continuations: s.runtime_continuations,
-            kernel_lines: s.kernel_lines,
-            exec_rotations: s.exec_rotations,
-            runtime_rotations: s.runtime_rotations,
-            bytes_written: s.bytes_written,
-        }
-    }
-
-    /// Logical exec lines excluding `system`.
-    pub fn exec_total(&self) -> u64 {
-        self.exec_lines.iter().filter(|(k, _)| *k != "system").map(|(_, v)| v).sum()
-    }
+/// Parses the summary line `msbfs simulate` printed.
+pub fn parse_summary(line: &str) -> Summary {
+    Summary::from_json(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
 }
 
 /// Arguments of one `msbfs simulate` run.
@@ -382,11 +340,18 @@ pub struct Sim {
     pub rate: f64,
     pub rotate_bytes: u64,
     pub seed: u64,
+    /// `--chunking lines|fixed4k|random` (`None`: the simulator's default, lines).
+    pub chunking: Option<&'static str>,
 }
 
 impl Sim {
     pub fn new(name: &str, lines: u64) -> Sim {
-        Sim { name: name.into(), lines, rate: 0.0, rotate_bytes: 10 << 20, seed: 1 }
+        Sim { name: name.into(), lines, rate: 0.0, rotate_bytes: 10 << 20, seed: 1, chunking: None }
+    }
+    /// How exec output is cut into chunks: `lines`, `fixed4k` or `random`.
+    pub fn chunking(mut self, c: &'static str) -> Sim {
+        self.chunking = Some(c);
+        self
     }
     pub fn rate(mut self, r: f64) -> Sim {
         self.rate = r;
@@ -416,6 +381,7 @@ impl Sim {
             .arg(self.rotate_bytes.to_string())
             .arg("--seed")
             .arg(self.seed.to_string())
+            .args(self.chunking.iter().flat_map(|c| ["--chunking", c]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -428,7 +394,7 @@ impl Sim {
         assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout:?}");
-        Summary::from_json(&stdout)
+        parse_summary(&stdout)
     }
 
     /// Spawns the binary (use [`finish_bin`] to collect the summary).
@@ -443,8 +409,15 @@ impl Sim {
         cfg.rate = self.rate;
         cfg.rotate_bytes = self.rotate_bytes;
         cfg.seed = self.seed;
-        let s = msbfs::simulate::run(cfg, &AtomicBool::new(false)).expect("simulate");
-        Summary::from_lib(&s)
+        if let Some(c) = self.chunking {
+            cfg.chunking = match c {
+                "lines" => msbfs::simulate::Chunking::Lines,
+                "fixed4k" => msbfs::simulate::Chunking::Fixed4k,
+                "random" => msbfs::simulate::Chunking::Random,
+                other => panic!("unknown chunking {other:?}"),
+            };
+        }
+        msbfs::simulate::run(cfg, &AtomicBool::new(false)).expect("simulate")
     }
 }
 
@@ -457,7 +430,7 @@ pub fn finish_bin(mut g: ChildGuard, deadline: Duration) -> Summary {
     g.child().stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(st.success(), "simulate failed ({st}): {err}");
     assert_eq!(out.lines().count(), 1, "one summary line: {out:?}");
-    Summary::from_json(&out)
+    parse_summary(&out)
 }
 
 /// Appends one exec.log entry (one write, like the producer).
