@@ -51,31 +51,8 @@ const MAX_LINES: usize = if cfg!(debug_assertions) { 40 } else { 120 };
 /// 2026-04-30T20:32:59.688Z
 const T0: i64 = 1_777_581_179_688;
 
-// ---------------------------------------------------------------------------
-// Timestamps (independent of msbfs's own formatter)
-
-fn fmt_ts(ms: i64) -> String {
-    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, sod / 60 % 60, sod % 60)
-}
-
-#[test]
-fn timestamp_helper() {
-    assert_eq!(fmt_ts(T0), "2026-04-30T20:32:59.688Z");
-    assert_eq!(fmt_ts(0), "1970-01-01T00:00:00.000Z");
-    assert_eq!(fmt_ts(951_782_400_000), "2000-02-29T00:00:00.000Z");
-}
+// The rendered timestamp form (unit-tested against literal strings in src/time.rs).
+use msbfs::time::format_timestamp as fmt_ts;
 
 // ---------------------------------------------------------------------------
 // A sandbox logs directory, its ingest and what was rendered so far
