@@ -21,10 +21,13 @@ const COMMIT_BYTES: usize = 1 << 20;
 /// A line fragment waiting this long for the rest of its line is rendered as a line of
 /// its own (a prompt, a progress bar).
 pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
-/// Deleted generations per source kept open for readers that still need their bytes;
-/// beyond this the oldest is released anyway, so a reader that never moves cannot
-/// pin deleted files forever.
-const MAX_PINNED_DELETED: usize = 16;
+/// Bytes of deleted generations per source kept open for readers that still need
+/// them; beyond this the oldest is released anyway, so a reader that never moves
+/// cannot pin deleted files (and their disk space) forever.
+const MAX_PINNED_DELETED_BYTES: u64 = 128 << 20;
+/// Rendered bytes after which the chains are scanned again within one poll, so a
+/// long catch-up cannot let a fast producer rotate generations away unseen.
+const REFRESH_BYTES: usize = 256 << 10;
 
 /// A parsed line waiting to be merged.
 #[derive(Debug)]
@@ -165,12 +168,15 @@ impl SandboxIngest {
     fn refresh_sources(&mut self) {
         for i in 0..3 {
             let report = self.feeds[i].source.refresh();
-            let pinned = report.deleted.len();
-            for (n, seq) in report.deleted.into_iter().enumerate() {
+            let chain = self.feeds[i].source.chain().clone();
+            let len_of = |seq: u32| chain.get(seq).and_then(|g| g.sealed_len()).unwrap_or(0);
+            let mut pinned: u64 = report.deleted.iter().map(|&seq| len_of(seq)).sum();
+            for seq in report.deleted {
                 let end = self.gen_ends[i].get(&seq).copied().unwrap_or(0);
-                if !self.timeline.readers_past(end) && pinned - n <= MAX_PINNED_DELETED {
+                if !self.timeline.readers_past(end) && pinned <= MAX_PINNED_DELETED_BYTES {
                     break;
                 }
+                pinned -= len_of(seq);
                 self.feeds[i].source.release(seq);
                 self.gen_ends[i].remove(&seq);
                 self.timeline.retire_until(end);
@@ -184,6 +190,7 @@ impl SandboxIngest {
         let mut batch = self.timeline.begin_batch();
         let mut out = self.timeline.size();
         let mut took_any = false;
+        let mut refreshed_at = 0;
         loop {
             for i in 0..3 {
                 if let Err(e) = self.feeds[i].load_head() {
@@ -214,6 +221,10 @@ impl SandboxIngest {
                 self.timeline.commit(batch);
                 self.refresh_sources();
                 batch = self.timeline.begin_batch();
+                refreshed_at = 0;
+            } else if batch.len() - refreshed_at >= REFRESH_BYTES {
+                self.refresh_sources();
+                refreshed_at = batch.len();
             }
         }
         self.flush_due(&mut batch, Instant::now());

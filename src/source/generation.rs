@@ -134,6 +134,17 @@ impl Generation {
         self.seen_len.load(Ordering::Acquire)
     }
 
+    /// True when `file` starts with the bytes this generation started with: the same
+    /// file, even after msbfs released its descriptor (a reused inode number holds
+    /// other bytes).
+    pub fn same_content(&self, file: &File) -> bool {
+        let fp = self.fingerprint.lock();
+        match read_prefix(file, fp.len()) {
+            Ok(prefix) => prefix == *fp,
+            Err(_) => false,
+        }
+    }
+
     /// Records the current size and checks that the leading bytes are still the ones
     /// first seen. Returns false when the content was replaced or truncated in place.
     pub fn observe(&self, file: &File, len: u64) -> bool {

@@ -60,11 +60,25 @@ impl Arrivals {
         self.files.lock().remove(path).unwrap_or_default()
     }
 
+    /// Puts back files taken from `path` and not used, before any that arrived since.
+    fn restore(&self, path: &Path, mut files: Vec<(File, std::fs::Metadata)>) {
+        if files.is_empty() {
+            return;
+        }
+        let mut all = self.files.lock();
+        let later = all.remove(path).unwrap_or_default();
+        files.extend(later);
+        all.insert(path.to_path_buf(), files);
+    }
+
     /// Drops whatever arrived under directory `dir` (its sandbox is gone).
     pub fn forget_dir(&self, dir: &Path) {
         self.files.lock().retain(|path, _| !path.starts_with(dir));
     }
 }
+
+/// Consistent scans tried before a refresh gives up until the next one.
+const SCAN_ATTEMPTS: usize = 64;
 
 /// A file found at one path of the chain during a scan.
 struct Found {
@@ -105,31 +119,24 @@ impl Source {
         }
     }
 
-    /// Appends files that appeared at the live path since the last refresh, in the
-    /// order they appeared, unless already in the chain. Each one makes the
-    /// generation before it final.
-    fn adopt_arrivals(&mut self, report: &mut Refresh) {
-        for (file, meta) in self.arrivals.take(&self.path(0)) {
-            let id = FileId::of(&meta);
-            if self.chain.all().iter().any(|g| g.id == id && !g.is_released()) {
-                continue;
-            }
-            self.push_generation(file, &meta, report);
-        }
-    }
-
     /// Seals the live generation (the producer moved on) and appends `file` as the
     /// new live one.
-    fn push_generation(&mut self, file: File, meta: &std::fs::Metadata, report: &mut Refresh) -> Arc<Generation> {
+    fn push_generation(&mut self, file: File, meta: &std::fs::Metadata, report: &mut Refresh) {
         if let Some(prev) = self.chain.last().filter(|g| g.sealed_len().is_none()) {
             let len = prev.file().and_then(|f| f.metadata().ok()).map_or(prev.seen_len(), |m| m.len());
             prev.seal(len, self.kind.rotated_siblings() > 0);
         }
         let birth = birth_time_ms(&file, meta);
         let gen = self.chain.push(FileId::of(meta), birth, Arc::new(file));
+        tracing::debug!(
+            file = self.kind.file_name(),
+            seq = gen.seq,
+            ino = gen.id.ino,
+            len = meta.len(),
+            "new generation"
+        );
         gen.observe(&gen.file().expect("just opened"), meta.len());
         report.added.push(gen.seq);
-        gen
     }
 
     /// Which log this is.
@@ -187,9 +194,9 @@ impl Source {
 
     /// A consistent picture of the chain paths: the files found, newest first, with
     /// new (not yet held) ones opened. Retried while a rotation moves files under it.
-    fn scan(&mut self, held: &HashSet<FileId>) -> Vec<Found> {
+    fn scan(&mut self, held: &HashSet<FileId>) -> Option<Vec<Found>> {
         let mut found = Vec::new();
-        for _attempt in 0..16 {
+        for _attempt in 0..SCAN_ATTEMPTS {
             let before = self.stat_paths();
             found.clear();
             let mut consistent = true;
@@ -210,10 +217,13 @@ impl Source {
                 }
             }
             if consistent && self.stat_paths() == before {
-                return found;
+                return Some(found);
             }
         }
-        found
+        // Acting on an inconsistent picture could order generations wrongly; the
+        // next refresh tries again (arrivals keep new files open meanwhile).
+        tracing::debug!(file = self.kind.file_name(), "chain kept moving during the scan");
+        None
     }
 
     /// Brings the chain up to date with the files on disk: detects rotation (the live
@@ -221,35 +231,50 @@ impl Source {
     /// and releases deleted ones ingest no longer needs.
     pub fn refresh(&mut self) -> Refresh {
         let mut report = Refresh::default();
-        // Arrivals are newer than every generation already held; at first sight the
-        // scan must find the older history first.
-        let first_sight = self.chain.is_empty();
-        if !first_sight {
-            self.adopt_arrivals(&mut report);
-        }
+        // Taken before the scan: an arrival the scan does not find was rotated out of
+        // the chain before it, so it is older than every file the scan finds.
+        let path = self.path(0);
+        let arrived = self.arrivals.take(&path);
         let gens = self.chain.all();
         let held: HashSet<FileId> = gens.iter().filter(|g| !g.is_released()).map(|g| g.id).collect();
-        let found = self.scan(&held);
-        let live = gens.last().filter(|g| g.sealed_len().is_none()).cloned();
-        if let Some(live) = &live {
+        let Some(found) = self.scan(&held) else {
+            self.arrivals.restore(&path, arrived);
+            self.find_deleted(&mut report);
+            return report;
+        };
+        if let Some(live) = gens.last().filter(|g| g.sealed_len().is_none()) {
             self.check_live(live, &found, &mut report);
         }
-        // New generations are the unheld files newer than the newest held one.
+        let scanned_ids: HashSet<FileId> = found.iter().map(|f| f.id).collect();
+        // The unheld files the scan found newer than the newest held one, oldest first.
         let newest_held = found.iter().filter(|f| f.file.is_none()).map(|f| f.index).min();
-        let mut fresh: Vec<Found> =
+        let mut scanned: Vec<Found> =
             found.into_iter().filter(|f| f.file.is_some() && newest_held.is_none_or(|h| f.index < h)).collect();
-        fresh.sort_by_key(|f| std::cmp::Reverse(f.index));
-        let count = fresh.len();
-        for (n, f) in fresh.into_iter().enumerate() {
-            let (file, meta) = f.file.expect("fresh files are open");
-            let gen = self.push_generation(file, &meta, &mut report);
-            if n + 1 < count {
-                // Older than the live file: the producer is done with it.
-                gen.seal(meta.len(), true);
+        scanned.sort_by_key(|f| std::cmp::Reverse(f.index));
+        let mut scanned = std::collections::VecDeque::from(scanned);
+        // Arrivals are in creation order: one the scan also found anchors the scanned
+        // files up to it; one it did not find (rotated out already) goes in its place.
+        let mut fresh: Vec<(File, std::fs::Metadata)> = Vec::new();
+        let mut taken: HashSet<FileId> = HashSet::new();
+        for (file, meta) in arrived {
+            let id = FileId::of(&meta);
+            // The watcher may open the same file several times (create, then renames
+            // next to it); and an arrival can wait in the queue longer than its
+            // generation lives (read and released already).
+            let known = gens.iter().any(|g| g.id == id && (!g.is_released() || g.same_content(&file)));
+            if known || !taken.insert(id) {
+                continue;
+            }
+            match scanned.iter().position(|f| f.id == id) {
+                Some(at) => fresh.extend(scanned.drain(..=at).filter_map(|f| f.file)),
+                None if scanned_ids.contains(&id) => {}
+                None => fresh.push((file, meta)),
             }
         }
-        if first_sight {
-            self.adopt_arrivals(&mut report);
+        fresh.extend(scanned.into_iter().filter_map(|f| f.file));
+        // Each push seals the one before it: the producer has moved on from it.
+        for (file, meta) in fresh {
+            self.push_generation(file, &meta, &mut report);
         }
         self.find_deleted(&mut report);
         report
@@ -276,7 +301,16 @@ impl Source {
         match found.iter().find(|f| f.id == live.id) {
             Some(f) if f.index == 0 => {}
             // Renamed into the chain: rotation. The producer writes no more to it.
-            Some(_) => live.seal(meta.len(), true),
+            Some(f) => {
+                tracing::debug!(
+                    file = self.kind.file_name(),
+                    seq = live.seq,
+                    index = f.index,
+                    len = meta.len(),
+                    "rotated"
+                );
+                live.seal(meta.len(), true)
+            }
             None if meta.nlink() == 0 || found.iter().any(|f| f.index == 0) => {
                 // Deleted, or replaced by a file that is not a rotation of it.
                 live.seal(meta.len(), false);

@@ -386,11 +386,12 @@ impl Timeline {
 
     /// True when no reader needs a segment that a generation whose last line ended at
     /// `out_end` contributes to: every reader is at or past the first checkpoint at or
-    /// after `out_end` (past the end, if there is none yet).
+    /// after `out_end`. While that checkpoint does not exist yet, every reader still
+    /// needs it (no reader is past a segment that is still open).
     pub fn readers_past(&self, out_end: u64) -> bool {
         let s = self.shared.lock();
         let i = s.checkpoints.partition_point(|c| c.out < out_end);
-        let first_clean = s.checkpoints.get(i).map_or(s.size, |c| c.out);
+        let first_clean = s.checkpoints.get(i).map_or(u64::MAX, |c| c.out);
         s.readers.values().all(|&p| p >= first_clean)
     }
 

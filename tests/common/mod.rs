@@ -248,7 +248,7 @@ impl Mounted {
             .arg(mnt)
             .arg("--home")
             .arg(home)
-            .env("MSBFS_LOG", "info,fuser=warn")
+            .env("MSBFS_LOG", std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
