@@ -80,20 +80,7 @@ fn meta() -> FileMeta {
     FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 }
 }
 
-/// Deterministic pseudo-random numbers (splitmix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::simulate::Rng;
 
 /// Source files: exec in two generations (whole lines), runtime in two generations with a line split across the rotation, kernel in
 /// one. Returns the chains and the number of lines per source.
@@ -109,7 +96,7 @@ fn world(seed: u64, exec_lines: usize) -> World {
 
 fn world_with(seed: u64, exec_lines: usize, long_lines: bool) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed, 0);
     let chains: [Arc<Chain>; 3] = Default::default();
     // exec: two generations.
     let mut n = 0;
@@ -175,7 +162,7 @@ fn world_with(seed: u64, exec_lines: usize, long_lines: bool) -> World {
 /// Feeds every line of `w` into `tl` in batches of random sizes, taking sources in a
 /// pseudo-random interleaving; returns the live bytes and the feeder.
 fn feed_all(tl: &Timeline, w: &World, seed: u64) -> (Vec<u8>, Feeder) {
-    let mut rng = Rng(seed ^ 0x55);
+    let mut rng = Rng::new(seed, 0x55);
     let mut f = Feeder::new(&w.chains);
     let mut live = Vec::new();
     let mut done = [false; 3];
@@ -222,7 +209,7 @@ fn size_and_reads_equal_the_concatenation() {
     assert_eq!(tl.read(tl.size(), 100, &mut memo).unwrap(), b"");
     assert_eq!(tl.read(tl.size() + 5, 100, &mut memo).unwrap(), b"");
     // Random offsets with fresh memos (older segments are no longer in the recent ring).
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7, 0);
     for _ in 0..60 {
         let off = rng.below(tl.size());
         let max = 1 + rng.below(200_000) as usize;
