@@ -634,3 +634,29 @@ fn a_truncated_generation_is_born_when_it_was_truncated() {
         g0.birth_ms
     );
 }
+
+#[test]
+fn arrivals_keep_generations_a_fast_producer_rotated_away_before_the_scan() {
+    // The watcher opens each new exec.log as it appears (twice here: create, then a
+    // rename next to it); ingest scans only after seven rotations, when the first
+    // generations have already been destroyed by the rename chain.
+    let d = Dir::new();
+    let arrivals = Arc::new(Arrivals::default());
+    let mut s = Source::with_arrivals(SourceKind::Exec, &d.path, arrivals.clone());
+    d.append("exec.log", &lines_of("g0", 2));
+    s.refresh();
+    for k in 1..=7 {
+        d.rename_chain("exec.log");
+        d.append("exec.log", &lines_of(&format!("g{k}"), 2));
+        arrivals.record(&d.p("exec.log"));
+        arrivals.record(&d.p("exec.log"));
+    }
+    assert!(!d.p("exec.log.5").exists() && d.p("exec.log.4").exists());
+    s.refresh();
+    let want: Vec<String> = (0..=7).flat_map(|k| names(&format!("g{k}"), 2)).collect();
+    assert_eq!(texts(&read_source(&mut s)), want, "every generation once, in creation order");
+    // A file recorded again after it was read is not read again.
+    arrivals.record(&d.p("exec.log"));
+    s.refresh();
+    assert!(read_source(&mut s).is_empty());
+}
