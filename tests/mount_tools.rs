@@ -224,7 +224,9 @@ fn python_follower_wakes_and_is_interruptible() {
     wait_parked_in_read(py.pid(), Duration::from_secs(5));
     let t = Instant::now();
     py.signal(libc::SIGINT);
-    let st = py.wait_exit(Duration::from_secs(2)).expect("python interrupted within 2 s");
+    let Some(st) = py.wait_exit(Duration::from_secs(2)) else {
+        panic!("python not interrupted within 2 s; python:\n{}msbfs:\n{}", threads_of(py.pid()), threads_of(_m.pid()));
+    };
     assert!(t.elapsed() < Duration::from_secs(2));
     let mut err = String::new();
     py.child().stderr.take().unwrap().read_to_string(&mut err).unwrap();

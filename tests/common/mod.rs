@@ -79,6 +79,32 @@ pub fn wait_parked_in_read(tid: u32, deadline: Duration) {
     })
 }
 
+/// One line per thread of process `pid`: name, state, kernel wait channel, kernel
+/// stack and pending/blocked signals (diagnostics for tests that time out).
+pub fn threads_of(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return format!("(no process {pid})\n") };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let status = read("status");
+        let field =
+            |key: &str| status.lines().find(|l| l.starts_with(key)).map(|l| l.trim().to_string()).unwrap_or_default();
+        let stack = read("stack").lines().take(6).collect::<Vec<_>>().join(" < ");
+        out.push_str(&format!(
+            "  {} {} {} wchan={} {} {} {} stack={stack}\n",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            field("State:"),
+            read("wchan"),
+            field("SigPnd:"),
+            field("ShdPnd:"),
+            field("SigBlk:"),
+        ));
+    }
+    out
+}
+
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() as u32 }
@@ -264,7 +290,8 @@ impl Mounted {
                 panic!("msbfs mount exited early ({st}); stderr:\n{}", m.stderr());
             }
             if start.elapsed() >= READY_DEADLINE {
-                panic!("msbfs mount not ready after {READY_DEADLINE:?}; stderr:\n{}", m.stderr());
+                let threads = threads_of(m.pid());
+                panic!("msbfs mount not ready after {READY_DEADLINE:?}; threads:\n{threads}stderr:\n{}", m.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
