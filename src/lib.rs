@@ -7,6 +7,8 @@
 //! [`fuse`] (thin adapter). [`mount`] wires them together; [`simulate`] is a producer
 //! that writes exactly what microsandbox writes.
 
+#![warn(missing_docs)]
+
 pub mod fs;
 pub mod fuse;
 pub mod ingest;

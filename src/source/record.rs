@@ -153,8 +153,13 @@ impl Record {
 pub enum RawLine<'a> {
     /// A whole line without its `\n`.
     Complete(&'a [u8]),
-    /// A line longer than the reader's limit, skipped up to its `\n`; `head` is its start.
-    TooLong { len: u64, head: &'a [u8] },
+    /// A line longer than the reader's limit, skipped up to its `\n`.
+    TooLong {
+        /// Its full length in bytes.
+        len: u64,
+        /// Its first bytes (at most 4 KiB), to quote.
+        head: &'a [u8],
+    },
 }
 
 #[derive(Deserialize)]
