@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -264,10 +264,9 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Spawns `msbfs mount mnt --home home` and waits until a new `fuse.msbfs` mount
-    /// appears at `mnt` (deadline 20 s).
+    /// Spawns `msbfs mount mnt --home home` and waits until a live `fuse.msbfs` mount
+    /// is at `mnt` (deadline 20 s).
     pub fn start(home: &Path, mnt: &Path, stderr_path: &Path) -> Mounted {
-        let before: BTreeSet<u64> = mounts_at(mnt).iter().map(|m| m.id).collect();
         let stderr = File::create(stderr_path).expect("stderr file");
         let child = Command::new(BIN)
             .arg("mount")
@@ -283,7 +282,9 @@ impl Mounted {
         let mut m = Mounted { child: Some(child), mnt: mnt.to_path_buf(), stderr_path: stderr_path.to_path_buf() };
         let start = Instant::now();
         loop {
-            if mounts_at(mnt).iter().any(|e| e.is_msbfs() && !before.contains(&e.id)) {
+            // A live msbfs mount answers stat; a stale one (whose mount id the new
+            // mount may even reuse) fails with ENOTCONN.
+            if mounts_at(mnt).iter().any(|e| e.is_msbfs()) && fs::metadata(mnt).is_ok() {
                 return m;
             }
             if let Ok(Some(st)) = m.child.as_mut().unwrap().try_wait() {
