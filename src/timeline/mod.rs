@@ -403,7 +403,15 @@ impl Timeline {
         let i = s.checkpoints.partition_point(|c| c.out < out_end);
         match s.checkpoints.get(i) {
             Some(cp) => s.horizon = s.horizon.max(cp.out),
-            None => s.retire_pending = Some(s.retire_pending.unwrap_or(0).max(out_end)),
+            None => {
+                // Its last lines are in the open segment (or a batch not yet
+                // committed): closed segments holding its lines cannot be rendered
+                // again, the open one is in memory, and the first checkpoint placed
+                // past `out_end` becomes the horizon.
+                let open_start = s.checkpoints.last().map_or(0, |c| c.out);
+                s.horizon = s.horizon.max(open_start);
+                s.retire_pending = Some(s.retire_pending.unwrap_or(0).max(out_end));
+            }
         }
     }
 
