@@ -507,9 +507,13 @@ impl Shared {
         let seg: Arc<[u8]> = std::mem::take(&mut self.open).into();
         self.remember(k, seg);
         self.checkpoints.push(Checkpoint { out, at: self.ops.end(), sources, crc: 0 });
-        if self.retire_pending.is_some_and(|p| p <= out) {
+        if let Some(pending) = self.retire_pending {
+            // The segment just closed may hold lines of a retired generation: until a
+            // checkpoint lands past them, the horizon follows the open segment.
             self.horizon = self.horizon.max(out);
-            self.retire_pending = None;
+            if pending <= out {
+                self.retire_pending = None;
+            }
         }
     }
 
