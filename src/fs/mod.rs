@@ -291,6 +291,8 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // Until its first read, a new handle may want everything from the start.
+        node.timeline.track_reader(fh, 0);
         let handle = Handle {
             fh,
             node,
