@@ -317,3 +317,21 @@ fn reads_below_the_horizon_see_one_notice_then_continue() {
     let fh2 = w.open(libc::O_RDONLY);
     assert_eq!(read_now(&w.fs, fh2, horizon, 100).unwrap(), &rest[..100]);
 }
+
+#[test]
+fn a_new_handle_pins_from_the_start_until_it_reads() {
+    let mut w = World::new(10 << 20);
+    w.write(3000);
+    w.ingest.poll();
+    let timeline = w.ingest.timeline().clone();
+    let cps = timeline.checkpoint_offsets();
+    assert!(cps.len() > 2);
+    assert!(timeline.readers_past(cps[1]));
+    let fh = w.open(libc::O_RDONLY);
+    assert!(!timeline.readers_past(cps[1]), "opened, not read yet: it may want everything");
+    let size = timeline.size();
+    read_now(&w.fs, fh, size - 10, 10).unwrap();
+    assert!(timeline.readers_past(cps[1]), "it read near the end");
+    w.fs.release(fh);
+    assert!(timeline.readers_past(size));
+}

@@ -33,6 +33,8 @@ const REFRESH_BYTES: usize = 256 << 10;
 #[derive(Debug)]
 struct Head {
     record: Record,
+    /// Generation the line starts in (the one whose bytes it needs first).
+    start_gen: u32,
     end: Pos,
     state_after: SourceState,
     /// `Base` op to record before the line (first line of a generation).
@@ -71,12 +73,12 @@ impl Feed {
                     None
                 };
                 let record = parse_line(kind, raw, &mut state);
-                Some(Head { record, end, state_after: state, base, gap: None })
+                Some(Head { record, start_gen: start.gen, end, state_after: state, base, gap: None })
             }
             Next::Gap { bytes } => {
                 let record = crate::timeline::render::gap_notice(kind, bytes, &taken.state);
                 let end = self.source.pos();
-                Some(Head { record, end, state_after: taken.state, base: None, gap: Some(bytes) })
+                Some(Head { record, start_gen: end.gen, end, state_after: taken.state, base: None, gap: Some(bytes) })
             }
             Next::Pending => None,
         };
@@ -201,7 +203,6 @@ impl SandboxIngest {
             let Some((_, i)) = next else { break };
             let head = self.feeds[i].head.take().expect("chosen head exists");
             let kind = SourceKind::ALL[i];
-            let start_gen = self.feeds[i].taken.pos.gen;
             if let Some((gen, birth)) = head.base {
                 batch.base(kind, gen, birth);
                 self.feeds[i].based_gen = Some(gen);
@@ -214,7 +215,7 @@ impl SandboxIngest {
                 None => batch.take(kind, &head.record, &mut self.assembler, &marks),
             }
             out += (batch.len() - before) as u64;
-            self.gen_ends[i].insert(start_gen.max(head.base.map_or(0, |b| b.0)), out);
+            self.gen_ends[i].insert(head.start_gen, out);
             took_any = true;
             if batch.len() >= COMMIT_BYTES {
                 batch.set_cursor(self.cursor());

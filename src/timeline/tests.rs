@@ -448,3 +448,57 @@ fn gaps_are_rendered_and_rendered_again() {
         assert!(bytes == live[cps[k] as usize..cps[k + 1] as usize], "segment {k} differs");
     }
 }
+
+#[test]
+fn readers_keep_generations_until_past_them_and_nobody_is_past_an_open_segment() {
+    let (_w, tl, _live, _f) = setup(11, 5000);
+    let cps = tl.checkpoint_offsets();
+    assert!(cps.len() > 4);
+    let end = cps[2] + 1;
+    assert!(tl.readers_past(end), "no reader: nothing is needed");
+    tl.track_reader(7, 0);
+    assert!(!tl.readers_past(end), "a reader at 0 needs the segment holding `end`");
+    tl.track_reader(7, cps[3] - 1);
+    assert!(!tl.readers_past(end), "still inside that segment");
+    tl.track_reader(7, cps[3]);
+    assert!(tl.readers_past(end), "at the first checkpoint past it");
+    // Lines ending in the open segment: even a reader at the very end still needs them.
+    tl.track_reader(7, tl.size());
+    assert!(!tl.readers_past(tl.size()));
+    tl.untrack_reader(7);
+    assert!(tl.readers_past(tl.size()));
+}
+
+#[test]
+fn a_pending_retirement_moves_the_horizon_with_the_open_segment() {
+    let w = world_with(12, 8000, false);
+    let tl = Timeline::new(1, w.chains.clone(), meta());
+    let mut f = Feeder::new(&w.chains);
+    let commit_until = |f: &mut Feeder, checkpoints: usize| {
+        while tl.checkpoint_offsets().len() < checkpoints {
+            let base = tl.size();
+            let mut batch = tl.begin_batch();
+            assert!(f.take(SourceKind::Exec, &mut batch, base));
+            tl.commit(batch);
+        }
+    };
+    commit_until(&mut f, 2);
+    // A generation whose last line ends three segments ahead of the open segment.
+    let open_start = *tl.checkpoint_offsets().last().unwrap();
+    let retired_end = tl.size() + 3 * SEGMENT_TARGET;
+    tl.retire_until(retired_end);
+    assert_eq!(tl.horizon(), open_start, "closed segments holding its lines cannot be rendered");
+    commit_until(&mut f, 3);
+    let cps = tl.checkpoint_offsets();
+    assert!(cps[2] < retired_end);
+    assert_eq!(tl.horizon(), cps[2], "the horizon follows the open segment while pending");
+    while *tl.checkpoint_offsets().last().unwrap() < retired_end {
+        let n = tl.checkpoint_offsets().len();
+        commit_until(&mut f, n + 1);
+    }
+    let past = *tl.checkpoint_offsets().last().unwrap();
+    assert_eq!(tl.horizon(), past, "the first checkpoint past the retired lines");
+    let n = tl.checkpoint_offsets().len();
+    commit_until(&mut f, n + 1);
+    assert_eq!(tl.horizon(), past, "then it stays");
+}
