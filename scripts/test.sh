@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in busybox tmux less getfattr setfattr md5sum python3; do
+for tool in busybox tmux less getfattr setfattr md5sum python3 rg; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -19,6 +19,7 @@ if ((${#missing[@]})); then
             getfattr | setfattr) pkgs+=(attr) ;;
             md5sum) pkgs+=(coreutils) ;;
             python3) pkgs+=(python3) ;;
+            rg) pkgs+=(ripgrep) ;;
             *) pkgs+=("$tool") ;;
         esac
     done

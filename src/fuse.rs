@@ -29,6 +29,7 @@ pub fn errno(err: FsError) -> Errno {
         FsError::NoAttr => Errno::ENODATA,
         FsError::BadHandle => Errno::EBADF,
         FsError::Interrupted => Errno::EINTR,
+        FsError::Io => Errno::EIO,
     }
 }
 
@@ -109,8 +110,8 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&ttl(&attr), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -194,7 +195,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.getattr(ino.0, None) {
+        match self.fs.getattr(ino.0) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),

@@ -3,17 +3,19 @@
 //! ever-growing file of all its logs merged.
 //!
 //! Data flows one way (DESIGN §3): producer files → [`source`] → [`ingest`] →
-//! [`timeline`] (op log, renderer, checkpoints) → [`fs`] (handles, follow mode) →
-//! [`fuse`] (thin adapter). [`mount`] wires them together; [`simulate`] is a producer
-//! that writes exactly what microsandbox writes.
+//! [`timeline`] (renderer, batches, checkpoints) → [`store`] (rendered bytes on disk)
+//! → [`fs`] (handles, follow mode) → [`fuse`] (thin adapter). [`mount`] wires them
+//! together; [`simulate`] is a producer that writes exactly what microsandbox writes.
 
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod fs;
 pub mod fuse;
 pub mod ingest;
 pub mod mount;
 pub mod simulate;
 pub mod source;
+pub mod store;
 pub mod time;
 pub mod timeline;

@@ -39,6 +39,14 @@ enum Command {
         /// Let other users read the mount.
         #[arg(long)]
         allow_other: bool,
+        /// Where msbfs keeps what it rendered [default: $MSBFS_STATE_DIR, else
+        /// $XDG_STATE_HOME/msbfs, else ~/.local/state/msbfs]; one subdirectory per home.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Budget of the store, e.g. 512M or 4G [default: 10% of the state filesystem,
+        /// at most 4G]; the oldest bytes beyond it read as a notice of the same length.
+        #[arg(long, value_parser = parse_size_arg)]
+        max_store: Option<u64>,
     },
     /// Write logs exactly like microsandbox does, for tests, demos and benchmarks.
     Simulate {
@@ -72,6 +80,10 @@ enum Command {
         /// Where to mount [default: ./msb].
         mountpoint: Option<PathBuf>,
     },
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    msbfs::store::parse_size(text).ok_or_else(|| format!("{text:?} is not a size (e.g. 512M, 4G, 1048576)"))
 }
 
 fn now_ms() -> i64 {
@@ -111,7 +123,13 @@ fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
         let stop = stop.clone();
         std::thread::spawn(move || simulate::run(cfg, &stop))
     };
-    let opts = MountOptions { mountpoint: mountpoint.clone(), home: home.clone(), allow_other: false };
+    let opts = MountOptions {
+        mountpoint: mountpoint.clone(),
+        home: home.clone(),
+        allow_other: false,
+        state_dir: home.join("msbfs-state"),
+        max_store: None,
+    };
     let file = mountpoint.join("demo").join("merged.log");
     let result = mount::serve(&opts, || {
         let f = file.display();
@@ -148,9 +166,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Mount { mountpoint, home, allow_other } => {
+        Command::Mount { mountpoint, home, allow_other, state_dir, max_store } => {
             let home = home.unwrap_or_else(mount::default_home);
-            exit_for(mount::serve(&MountOptions { mountpoint, home, allow_other }, || {}))
+            let state_dir = state_dir.unwrap_or_else(msbfs::store::default_state_root);
+            exit_for(mount::serve(&MountOptions { mountpoint, home, allow_other, state_dir, max_store }, || {}))
         }
         Command::Simulate { home, name, lines, rate, rotate_bytes, seed, chunking, start } => {
             let start_ms = match start.as_deref() {

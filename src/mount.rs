@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::fs::Fs;
 use crate::fuse::FuseAdapter;
 use crate::ingest;
+use crate::store::{Store, Syncer};
 
 /// Worker threads of the FUSE session.
 const FUSE_THREADS: usize = 4;
@@ -23,7 +24,14 @@ pub struct MountOptions {
     pub home: PathBuf,
     /// Let other users see the mount (`allow_other`).
     pub allow_other: bool,
+    /// The state root; the store of this home lives in a subdirectory of it.
+    pub state_dir: PathBuf,
+    /// The store's budget in bytes (`None`: 10 % of the state filesystem, at most 4 GiB).
+    pub max_store: Option<u64>,
 }
+
+/// How often the store is made durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Why mounting failed.
 #[derive(Debug)]
@@ -139,17 +147,20 @@ pub fn block_stop_signals() -> SigSet {
 pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     check_home(&opts.home)?;
     prepare_mountpoint(&opts.mountpoint)?;
+    let store = Store::open(&opts.state_dir, &opts.home, opts.max_store).map_err(|e| MountError::Usage(e.0))?;
     let stop_signals = block_stop_signals();
 
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::new(owner);
-    let ingest = ingest::spawn(&opts.home, fs.clone())?;
+    let syncer = Syncer::start(store.clone(), SYNC_EVERY)?;
+    let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone())?;
     let acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     let fd = match mount_fuse(&opts.mountpoint, opts.allow_other) {
         Ok(fd) => fd,
         Err(e) => {
             ingest.stop();
+            syncer.stop();
             return Err(MountError::Io(e));
         }
     };
@@ -157,6 +168,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
         Ok(s) => s,
         Err(e) => {
             ingest.stop();
+            syncer.stop();
             unmount(&opts.mountpoint);
             return Err(MountError::Io(e));
         }
@@ -171,7 +183,13 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
             let _ = tx.send(Event::Signal(sig));
         }
     })?;
-    tracing::info!(mountpoint = %opts.mountpoint.display(), home = %opts.home.display(), "mounted");
+    tracing::info!(
+        mountpoint = %opts.mountpoint.display(),
+        home = %opts.home.display(),
+        state = %store.dir().display(),
+        budget = store.budget(),
+        "mounted"
+    );
     ready();
     let result = match rx.recv() {
         Ok(Event::Signal(sig)) => {
@@ -190,6 +208,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     };
     fs.shutdown();
     ingest.stop();
+    syncer.stop();
     tracing::info!("unmounted");
     result
 }

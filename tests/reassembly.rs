@@ -22,12 +22,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use base64::Engine as _;
-use msbfs::ingest::sandbox::SandboxIngest;
-use msbfs::source::generation::FileId;
-use msbfs::timeline::{SegmentMemo, Timeline};
+use msbfs::source::find_generation;
+use msbfs::timeline::replay::replay_segment;
+use msbfs::timeline::Timeline;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use support::{segment_starts, Harness};
 
 // The contract (DESIGN §2.1 and the reassembly brief), spelled out rather than imported.
 /// A held fragment waiting this long is rendered as a line of its own.
@@ -130,10 +133,9 @@ struct Sb {
     _tmp: tempfile::TempDir,
     logs: PathBuf,
     exec: File,
-    ingest: SandboxIngest,
+    h: Harness,
     tl: Arc<Timeline>,
     live: Vec<u8>,
-    memo: SegmentMemo,
     /// `t` of the next chunk (ms); every chunk gets its own.
     next_t: i64,
     first_poll: Option<Instant>,
@@ -145,20 +147,9 @@ impl Sb {
         let logs = tmp.path().join("sandboxes/sb/logs");
         fs::create_dir_all(&logs).unwrap();
         let exec = OpenOptions::new().create(true).append(true).open(logs.join("exec.log")).unwrap();
-        let id = FileId::of(&fs::metadata(&logs).unwrap());
-        let ingest = SandboxIngest::new("sb", &logs, id, 1);
-        let tl = ingest.timeline().clone();
-        Sb {
-            _tmp: tmp,
-            logs,
-            exec,
-            ingest,
-            tl,
-            live: Vec::new(),
-            memo: SegmentMemo::default(),
-            next_t: T0,
-            first_poll: None,
-        }
+        let mut h = Harness::new(&logs, 64 << 10);
+        let tl = h.timeline();
+        Sb { _tmp: tmp, logs, exec, h, tl, live: Vec::new(), next_t: T0, first_poll: None }
     }
 
     /// Appends one exec.log entry (one write, like the producer) with the next `t`;
@@ -193,7 +184,7 @@ impl Sb {
         let now = Instant::now();
         let first = *self.first_poll.get_or_insert(now);
         SPAN.set(SPAN.get().max(now - first));
-        self.ingest.poll();
+        self.h.poll();
         self.read_new()
     }
 
@@ -202,7 +193,7 @@ impl Sb {
         let from = self.live.len() as u64;
         let mut new = Vec::new();
         while from + (new.len() as u64) < size {
-            let part = self.tl.read(from + new.len() as u64, 1 << 20, &mut self.memo).expect("live bytes are readable");
+            let part = self.tl.read(from + new.len() as u64, 1 << 20).expect("stored bytes are readable");
             assert!(!part.is_empty(), "read returned nothing inside the file");
             new.extend_from_slice(&part);
         }
@@ -223,15 +214,18 @@ impl Sb {
     /// sits at a line boundary, and reads at pseudo-random offsets with fresh memos
     /// equal the live bytes. Returns the number of closed segments.
     fn verify_segments(&self, seed: u64) -> usize {
-        let cps = self.tl.checkpoint_offsets();
+        let cps = segment_starts(&self.tl);
         assert_eq!(cps[0], 0);
         assert_eq!(self.tl.size(), self.live.len() as u64);
         for k in 0..cps.len() - 1 {
             let (a, b) = (cps[k] as usize, cps[k + 1] as usize);
             assert!(a < b && b <= self.live.len(), "checkpoints {a}, {b} within {}", self.live.len());
             assert_eq!(self.live[b - 1], b'\n', "checkpoint {b} is not at a line boundary");
-            let again = self.tl.rerender_segment(k).expect("closed segment");
-            let again = again.unwrap_or_else(|e| panic!("segment {k} [{a}, {b}) cannot be rendered again: {e}"));
+            let store = self.tl.store();
+            let seg = store.retained_segments()[k];
+            let resolve = |kind, rec: &_| find_generation(kind, &self.logs, rec);
+            let again = replay_segment(store, &seg, &resolve)
+                .unwrap_or_else(|e| panic!("segment {k} [{a}, {b}) cannot be rendered again: {e}"));
             if again != self.live[a..b] {
                 let first =
                     again.iter().zip(&self.live[a..b]).position(|(x, y)| x != y).unwrap_or(again.len().min(b - a));
@@ -244,14 +238,13 @@ impl Sb {
                 );
             }
         }
-        assert!(self.tl.rerender_segment(cps.len() - 1).is_none(), "the open segment has no end yet");
         if !self.live.is_empty() {
             let mut rng = Lcg(seed ^ 0x5eed);
             for _ in 0..24 {
                 let off = rng.below(self.live.len() as u64) as usize;
                 let limit = if rng.below(2) == 0 { 300 } else { 200_000 };
                 let max = 1 + rng.below(limit) as usize;
-                let got = self.tl.read(off as u64, max, &mut SegmentMemo::default()).expect("nothing retired");
+                let got = self.tl.read(off as u64, max).expect("stored bytes are readable");
                 let want = &self.live[off..(off + max).min(self.live.len())];
                 assert!(got == want, "read({off}, {max}) with a fresh memo differs from the live bytes");
             }
@@ -788,7 +781,7 @@ fn beyond_1024_held_streams_the_oldest_is_flushed_first() {
         assert_eq!(flushed(&sb)[3..], [line(1, "tail-1", t_tail), line(4, "frag-4-end", t[&4])]);
 
         // The sandbox stops: every held fragment, oldest first.
-        sb.ingest.finish();
+        sb.h.ingest().finish(false);
         sb.read_new();
         let rest = flushed(&sb)[5..].to_vec();
         let want: Vec<_> = (5..=1027u64).map(|id| line(id, &format!("frag-{id}"), t[&id])).collect();
@@ -867,7 +860,7 @@ fn other_sources_pass_through_and_a_checkpoint_forces_a_flush() {
             "flushed by the checkpoint past 1 MiB (not by time): at {}",
             held[0].off
         );
-        let cps = sb.tl.checkpoint_offsets();
+        let cps = segment_starts(&sb.tl);
         assert_eq!(
             cps.get(1),
             Some(&(end as u64)),

@@ -3,8 +3,10 @@
 //! translates.
 //!
 //! Layout: the root (inode 1) holds one directory per sandbox, each holding
-//! `merged.log`. Every sandbox epoch gets fresh inode numbers, so a sandbox recreated
-//! under the same name is a new file with offsets from 0.
+//! `merged.log`. Inode numbers come from the epoch's block in the store, so they are
+//! the same after a restart, and a sandbox recreated under the same name (a new epoch)
+//! is a new file with offsets from 0. Every handle reads the same bytes at the same
+//! offsets: a read is a read of the store.
 
 pub mod cursor;
 pub mod follow;
@@ -17,9 +19,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::ingest::Catalog;
-use crate::source::record::Tag;
-use crate::timeline::render::render_line;
-use crate::timeline::{SegmentMemo, Timeline};
+use crate::timeline::Timeline;
 use follow::{Follow, Parked};
 
 /// Inode number of the root directory.
@@ -46,6 +46,8 @@ pub enum FsError {
     BadHandle,
     /// A blocked read was interrupted by a signal (EINTR).
     Interrupted,
+    /// The store could not be read (EIO).
+    Io,
 }
 
 /// What a node is.
@@ -113,16 +115,10 @@ pub struct SandboxNode {
 
 /// An open `merged.log`.
 struct Handle {
-    fh: u64,
     node: Arc<SandboxNode>,
     nonblock: bool,
     /// End-of-file answers in a row.
     eofs: u32,
-    memo: SegmentMemo,
-    /// Handle offset + `delta` = merged offset (changes after a retention notice).
-    delta: i64,
-    /// A retention notice being served, at handle offset `.0`.
-    notice: Option<(u64, Vec<u8>)>,
 }
 
 /// What a read attempt found.
@@ -130,6 +126,7 @@ enum Attempt {
     Data(Vec<u8>),
     Eof,
     Park,
+    Failed(FsError),
 }
 
 #[derive(Default)]
@@ -143,7 +140,6 @@ pub struct Fs {
     nodes: RwLock<Nodes>,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     next_fh: AtomicU64,
-    next_ino: AtomicU64,
     follow: Arc<Follow>,
     owner: (u32, u32),
     started_ms: i64,
@@ -161,7 +157,6 @@ impl Fs {
             nodes: RwLock::new(Nodes::default()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            next_ino: AtomicU64::new(ROOT_INO + 1),
             follow: Follow::new(),
             owner,
             started_ms: now_ms(),
@@ -232,17 +227,10 @@ impl Fs {
         }
     }
 
-    /// Attributes of `ino`; with a handle, the size is the one seen through it.
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+    /// Attributes of `ino` (the same through every handle).
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if ino == ROOT_INO {
             return Ok(self.root_attr());
-        }
-        if let Some(handle) = fh.and_then(|fh| self.handles.lock().get(&fh).cloned()) {
-            let h = handle.lock();
-            if h.node.file_ino == ino {
-                let size = (h.node.timeline.size() as i64 - h.delta).max(0) as u64;
-                return Ok(Self::file_attr(&h.node, size));
-            }
         }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
         if ino == node.dir_ino {
@@ -275,7 +263,7 @@ impl Fs {
 
     /// Checks that `ino` is a directory that can be listed.
     pub fn opendir(&self, ino: u64) -> Result<(), FsError> {
-        match self.getattr(ino, None)?.kind {
+        match self.getattr(ino)?.kind {
             NodeKind::Dir => Ok(()),
             NodeKind::File => Err(FsError::NotDir),
         }
@@ -291,26 +279,14 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        // Until its first read, a new handle may want everything from the start.
-        node.timeline.track_reader(fh, 0);
-        let handle = Handle {
-            fh,
-            node,
-            nonblock: flags & libc::O_NONBLOCK != 0,
-            eofs: 0,
-            memo: SegmentMemo::default(),
-            delta: 0,
-            notice: None,
-        };
+        let handle = Handle { node, nonblock: flags & libc::O_NONBLOCK != 0, eofs: 0 };
         self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
 
     /// Closes handle `fh`.
     pub fn release(&self, fh: u64) {
-        if let Some(handle) = self.handles.lock().remove(&fh) {
-            handle.lock().node.timeline.untrack_reader(fh);
-        }
+        self.handles.lock().remove(&fh);
     }
 
     /// Reads up to `size` bytes at `offset` of handle `fh`. `flags` are the file's
@@ -328,6 +304,7 @@ impl Fs {
         match attempt {
             Attempt::Data(bytes) => reply.data(&bytes),
             Attempt::Eof => reply.data(&[]),
+            Attempt::Failed(e) => reply.error(e),
             Attempt::Park => {
                 self.follow.park(Parked { fh, offset, size, pid, node: node.clone(), since: Instant::now(), reply });
                 // An append between the attempt and the park would otherwise be missed.
@@ -339,39 +316,13 @@ impl Fs {
     /// One read attempt on a locked handle. `fresh` is false when a parked read is
     /// retried (it does not count as another end-of-file read).
     fn attempt(h: &mut Handle, offset: u64, size: u32, fresh: bool) -> Attempt {
-        let size = size as usize;
-        let mut out = Vec::new();
-        if let Some((at, notice)) = &h.notice {
-            if offset >= *at && offset < at + notice.len() as u64 {
-                let from = (offset - at) as usize;
-                out.extend_from_slice(&notice[from..(from + size).min(notice.len())]);
+        let out = match h.node.timeline.read(offset, size as usize) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(sandbox = ?h.node.name, offset, "cannot read the store: {e}");
+                return Attempt::Failed(FsError::Io);
             }
-        }
-        let pos = offset + out.len() as u64;
-        let merged = (pos as i64 + h.delta).max(0) as u64;
-        if out.len() < size {
-            match h.node.timeline.read(merged, size - out.len(), &mut h.memo) {
-                Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(mut below) => {
-                    // Settle on an offset that renders, so one notice covers the loss.
-                    while let Err(further) = h.node.timeline.read(below.horizon, 1, &mut h.memo) {
-                        below = further;
-                    }
-                    let mut notice = Vec::new();
-                    let text = format!(
-                        "{} bytes before offset {} are no longer retained",
-                        below.horizon - merged,
-                        below.horizon
-                    );
-                    render_line(below.ts, Tag::Notice, text.as_bytes(), &mut notice);
-                    h.delta = below.horizon as i64 - (pos + notice.len() as u64) as i64;
-                    h.notice = Some((pos, notice));
-                    return Self::attempt(h, offset, size as u32, fresh);
-                }
-            }
-        }
-        let next = ((offset + out.len() as u64) as i64 + h.delta).max(0) as u64;
-        h.node.timeline.track_reader(h.fh, next);
+        };
         if !out.is_empty() {
             h.eofs = 0;
             return Attempt::Data(out);
@@ -399,6 +350,7 @@ impl Fs {
             match attempt {
                 Attempt::Data(bytes) => read.reply.data(&bytes),
                 Attempt::Eof => read.reply.data(&[]),
+                Attempt::Failed(e) => read.reply.error(e),
                 Attempt::Park => still.push(read),
             }
         }
@@ -412,7 +364,7 @@ impl Fs {
 
     /// Value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        self.getattr(ino, None)?;
+        self.getattr(ino)?;
         let node = self.node(ino).filter(|n| n.file_ino == ino).ok_or(FsError::NoAttr)?;
         if name != cursor::CURSOR_XATTR {
             return Err(FsError::NoAttr);
@@ -423,7 +375,7 @@ impl Fs {
 
     /// NUL-separated xattr names of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        self.getattr(ino, None)?;
+        self.getattr(ino)?;
         match self.node(ino) {
             Some(node) if node.file_ino == ino => Ok(format!("{}\0", cursor::CURSOR_XATTR).into_bytes()),
             _ => Ok(Vec::new()),
@@ -438,7 +390,7 @@ impl Fs {
 
 impl Catalog for Fs {
     fn sandbox_added(&self, name: &str, timeline: Arc<Timeline>) {
-        let dir_ino = self.next_ino.fetch_add(2, Ordering::Relaxed);
+        let dir_ino = timeline.ino_base();
         let node = Arc::new(SandboxNode {
             name: name.to_string(),
             dir_ino,

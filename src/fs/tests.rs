@@ -1,5 +1,5 @@
 //! Kernel-free tests of the filesystem model: layout, attributes, follow-mode reads,
-//! the signal watchdog, xattrs and retention notices.
+//! the signal watchdog, xattrs, and dropped ranges through every handle.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::ingest::sandbox::SandboxIngest;
 use crate::simulate::{SimConfig, Simulator};
-use crate::source::generation::FileId;
+use crate::store::Store;
 
 /// A reply that sends its answer down a channel.
 struct ChanReply(mpsc::Sender<Result<Vec<u8>, FsError>>);
@@ -24,22 +24,32 @@ impl ReadReply for ChanReply {
 struct World {
     _dir: tempfile::TempDir,
     sim: Simulator,
+    store: Arc<Store>,
     ingest: SandboxIngest,
     fs: Arc<Fs>,
 }
 
 impl World {
     fn new(rotate_bytes: u64) -> World {
+        World::with_budget(rotate_bytes, 1 << 30)
+    }
+
+    fn with_budget(rotate_bytes: u64, budget: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = SimConfig::new(dir.path(), "web");
         cfg.rotate_bytes = rotate_bytes;
         let sim = Simulator::new(cfg).unwrap();
         let logs = dir.path().join("sandboxes/web/logs");
-        let id = FileId::of(&std::fs::metadata(&logs).unwrap());
-        let ingest = SandboxIngest::new("web", &logs, id, 42);
+        let store = Store::open(&dir.path().join("state"), dir.path(), Some(budget)).unwrap();
+        let ingest = SandboxIngest::create("web", &logs, store.create_epoch("web", b"id").unwrap());
         let fs = Fs::new((0, 0));
         fs.sandbox_added("web", ingest.timeline().clone());
-        World { _dir: dir, sim, ingest, fs }
+        World { _dir: dir, sim, store, ingest, fs }
+    }
+
+    fn poll(&mut self) {
+        self.ingest.poll(true);
+        self.store.enforce_budget();
     }
 
     fn write(&mut self, lines: usize) {
@@ -54,7 +64,7 @@ impl World {
     fn at_end_after_two_eofs() -> (World, u64, u64) {
         let mut w = World::new(10 << 20);
         w.write(5);
-        w.ingest.poll();
+        w.poll();
         let fh = w.open(libc::O_RDONLY);
         let size = w.ingest.timeline().size();
         for _ in 0..EOF_REPLIES_BEFORE_BLOCKING {
@@ -99,14 +109,14 @@ fn read_all(fs: &Fs, fh: u64) -> Vec<u8> {
 fn layout_and_attributes() {
     let mut w = World::new(10 << 20);
     w.write(50);
-    w.ingest.poll();
+    w.poll();
     let root = w.fs.readdir(ROOT_INO).unwrap();
     assert_eq!(root.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), [".", "..", "web"]);
     let dir = w.fs.lookup(ROOT_INO, "web").unwrap();
     assert_eq!((dir.kind, dir.perm), (NodeKind::Dir, 0o555));
     let names: Vec<String> = w.fs.readdir(dir.ino).unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, [".", "..", "merged.log"]);
-    let file = w.fs.getattr(w.file_ino(), None).unwrap();
+    let file = w.fs.getattr(w.file_ino()).unwrap();
     assert_eq!(file.kind, NodeKind::File);
     assert_eq!(file.size, w.ingest.timeline().size());
     assert!(file.size > 0);
@@ -124,15 +134,15 @@ fn mode_is_never_more_permissive_than_a_source() {
     w.write(20);
     let logs = w._dir.path().join("sandboxes/web/logs");
     std::fs::set_permissions(logs.join("kernel.log"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    w.ingest.poll();
-    assert_eq!(w.fs.getattr(w.file_ino(), None).unwrap().perm, 0o440);
+    w.poll();
+    assert_eq!(w.fs.getattr(w.file_ino()).unwrap().perm, 0o440);
 }
 
 #[test]
 fn write_opens_are_refused() {
     let mut w = World::new(10 << 20);
     w.write(5);
-    w.ingest.poll();
+    w.poll();
     let ino = w.file_ino();
     for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
         assert_eq!(w.fs.open(ino, flags), Err(FsError::ReadOnly));
@@ -143,7 +153,7 @@ fn write_opens_are_refused() {
 fn sequential_read_returns_every_byte_then_end_of_file() {
     let mut w = World::new(16 << 10);
     w.write(3000);
-    w.ingest.poll();
+    w.poll();
     let fh = w.open(libc::O_RDONLY);
     let bytes = read_all(&w.fs, fh);
     assert_eq!(bytes.len() as u64, w.ingest.timeline().size());
@@ -158,7 +168,7 @@ fn sequential_read_returns_every_byte_then_end_of_file() {
 fn two_end_of_file_reads_then_the_read_parks_until_data_arrives() {
     let mut w = World::new(10 << 20);
     w.write(10);
-    w.ingest.poll();
+    w.poll();
     let fh = w.open(libc::O_RDONLY);
     let size = w.ingest.timeline().size();
     assert_eq!(read_now(&w.fs, fh, 0, 1 << 20).unwrap().len() as u64, size);
@@ -168,10 +178,10 @@ fn two_end_of_file_reads_then_the_read_parks_until_data_arrives() {
     assert!(parked.recv_timeout(Duration::from_millis(100)).is_err(), "third read at the end blocks");
     assert_eq!(w.fs.parked_reads(), 1);
     w.write(1);
-    w.ingest.poll();
+    w.poll();
     let woken = parked.recv_timeout(Duration::from_secs(2)).expect("append wakes the read").unwrap();
     assert!(!woken.is_empty());
-    assert_eq!(woken, w.ingest.timeline().read(size, 4096, &mut Default::default()).unwrap());
+    assert_eq!(woken, w.ingest.timeline().read(size, 4096).unwrap());
     // Data reset the count: the next end-of-file read answers at once again.
     let end = size + woken.len() as u64;
     assert_eq!(read_now(&w.fs, fh, end, 4096).unwrap(), b"");
@@ -181,7 +191,7 @@ fn two_end_of_file_reads_then_the_read_parks_until_data_arrives() {
 fn nonblocking_handles_never_park() {
     let mut w = World::new(10 << 20);
     w.write(5);
-    w.ingest.poll();
+    w.poll();
     let fh = w.open(libc::O_RDONLY | libc::O_NONBLOCK);
     let size = w.ingest.timeline().size();
     for _ in 0..5 {
@@ -277,7 +287,7 @@ fn cursor_xattr_names_the_exec_file_and_merged_size() {
     use std::os::unix::fs::MetadataExt;
     let mut w = World::new(10 << 20);
     w.write(100);
-    w.ingest.poll();
+    w.poll();
     let ino = w.file_ino();
     assert_eq!(w.fs.listxattr(ino).unwrap(), b"user.cursor\0");
     assert_eq!(w.fs.getxattr(ino, "user.other"), Err(FsError::NoAttr));
@@ -286,52 +296,32 @@ fn cursor_xattr_names_the_exec_file_and_merged_size() {
     let exec = std::fs::metadata(w._dir.path().join("sandboxes/web/logs/exec.log")).unwrap();
     assert_eq!(positions.len(), 4);
     assert_eq!((positions[0].generation, positions[0].offset), (exec.ino(), exec.len()));
-    assert_eq!((positions[3].generation, positions[3].offset), (42, w.ingest.timeline().size()));
+    assert_eq!(
+        (positions[3].generation, positions[3].offset),
+        (w.ingest.timeline().epoch(), w.ingest.timeline().size())
+    );
 }
 
 #[test]
-fn reads_below_the_horizon_see_one_notice_then_continue() {
-    let mut w = World::new(8 << 10);
-    for _ in 0..200 {
-        w.write(100);
-        w.ingest.poll();
+fn dropped_ranges_read_as_notices_through_every_handle_and_nothing_shifts() {
+    let mut w = World::with_budget(10 << 20, 1 << 20);
+    for _ in 0..100 {
+        w.write(200);
+        w.poll();
     }
     let timeline = w.ingest.timeline().clone();
-    let horizon = timeline.horizon();
-    assert!(horizon > 600 << 10, "old generations were deleted and retired (horizon {horizon})");
+    let dropped = timeline.store().dropped();
+    assert!(dropped > 0, "the budget dropped the oldest segments");
+    let size = timeline.size();
     let fh = w.open(libc::O_RDONLY);
     let bytes = read_all(&w.fs, fh);
-    let text = String::from_utf8_lossy(&bytes);
-    let first = text.lines().next().unwrap();
-    assert!(
-        first.ends_with(&format!("msbfs {horizon} bytes before offset {horizon} are no longer retained")),
-        "{first}"
-    );
-    assert_eq!(text.matches("no longer retained").count(), 1);
-    let rest = &bytes[first.len() + 1..];
-    assert_eq!(rest, &timeline.read(horizon, usize::MAX, &mut Default::default()).unwrap()[..]);
-    // fstat through the handle reports the size seen through it.
-    let seen = w.fs.getattr(w.file_ino(), Some(fh)).unwrap().size;
-    assert_eq!(seen, bytes.len() as u64);
-    // Reads at or above the horizon are unaffected on another handle.
+    assert_eq!(bytes.len() as u64, size, "every offset is still there");
+    assert_eq!(w.fs.getattr(w.file_ino()).unwrap().size, size);
+    let text = String::from_utf8_lossy(&bytes[..dropped as usize]);
+    assert!(text.lines().all(|l| l.contains(" msbfs ") && l.len() < 4096), "the dropped range is notice text");
+    assert!(text.contains("were dropped to keep the msbfs store within its budget"));
+    // Another handle sees the very same bytes at the very same offsets.
     let fh2 = w.open(libc::O_RDONLY);
-    assert_eq!(read_now(&w.fs, fh2, horizon, 100).unwrap(), &rest[..100]);
-}
-
-#[test]
-fn a_new_handle_pins_from_the_start_until_it_reads() {
-    let mut w = World::new(10 << 20);
-    w.write(3000);
-    w.ingest.poll();
-    let timeline = w.ingest.timeline().clone();
-    let cps = timeline.checkpoint_offsets();
-    assert!(cps.len() > 2);
-    assert!(timeline.readers_past(cps[1]));
-    let fh = w.open(libc::O_RDONLY);
-    assert!(!timeline.readers_past(cps[1]), "opened, not read yet: it may want everything");
-    let size = timeline.size();
-    read_now(&w.fs, fh, size - 10, 10).unwrap();
-    assert!(timeline.readers_past(cps[1]), "it read near the end");
-    w.fs.release(fh);
-    assert!(timeline.readers_past(size));
+    assert_eq!(read_now(&w.fs, fh2, dropped - 50, 100).unwrap(), &bytes[dropped as usize - 50..dropped as usize + 50]);
+    assert_eq!(read_all(&w.fs, fh2), bytes);
 }

@@ -1,46 +1,43 @@
-//! Watching the producer's directories and turning new lines into timeline appends.
+//! Watching the producer's directories and turning new lines into stored, published
+//! bytes.
 //!
-//! One thread per mounted filesystem: inotify (through `notify`) on `sandboxes/`, on
-//! each sandbox directory and on each `logs/` directory feeds a channel; events are
-//! coalesced and the affected sandboxes polled at once, with a full rescan at least
-//! every [`FALLBACK_POLL`] for missed events. Sandboxes that appear or disappear are
-//! reported to a [`Catalog`]; ingest knows nothing of files or FUSE.
+//! One ingest thread per mounted filesystem, woken by the watcher thread
+//! ([`watch::Watcher`], inotify on `sandboxes/`, each sandbox directory and each
+//! `logs/` directory), by held fragments falling due, and at least every
+//! [`FALLBACK_POLL`] for a full rescan. Each sandbox found resumes its saved epoch when
+//! the store has one for the same sandbox directory, else starts a new one. Sandboxes
+//! that appear or disappear are reported to a [`Catalog`]; ingest knows nothing of
+//! files handles or FUSE.
 
 pub mod sandbox;
+pub mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::event::ModifyKind;
-use notify::{EventKind, RecursiveMode, Watcher};
-
-use crate::source::generation::FileId;
-use crate::source::Arrivals;
+use crate::codec::{push_varint, push_zigzag, Decoder};
+use crate::source::generation::{FileId, FileIdentity};
+use crate::store::{SavedEpoch, Store};
 use crate::timeline::Timeline;
 use sandbox::SandboxIngest;
+use watch::{Wake, Watcher};
 
-/// Longest wait between two polls of every sandbox, whatever inotify says.
+/// Longest wait between two full rescans of every sandbox, whatever inotify says.
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Longest sandbox name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// Receives sandbox epochs as they appear and disappear.
 pub trait Catalog: Send + Sync {
-    /// A sandbox epoch started (first sight, or recreated under the same name).
+    /// A sandbox epoch started (first sight, resumed, or recreated under the same name).
     fn sandbox_added(&self, name: &str, timeline: Arc<Timeline>);
-    /// The sandbox's epoch ended (its logs directory is gone or was replaced).
+    /// The sandbox's epoch ended (its directory is gone or was replaced).
     fn sandbox_removed(&self, name: &str);
-}
-
-enum Wake {
-    Changed(PathBuf),
-    Rescan,
-    Stop,
 }
 
 /// The running ingest thread; dropping it does not stop it, [`IngestHandle::stop`] does.
@@ -50,7 +47,7 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    /// Stops the thread and waits for it; every epoch is closed first.
+    /// Stops the thread and waits for it; every epoch is checkpointed and closed first.
     pub fn stop(mut self) {
         let _ = self.wake.send(Wake::Stop);
         if let Some(thread) = self.thread.take() {
@@ -59,84 +56,89 @@ impl IngestHandle {
     }
 }
 
-/// Fresh epoch ids: unique across restarts with overwhelming probability.
-fn new_epoch_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    h.write_u32(std::process::id());
-    h.finish()
+/// The identity of a sandbox directory as the store records it (an epoch belongs to
+/// one directory: recreated under the same name, it is a new epoch).
+fn owner_bytes(identity: &FileIdentity) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_varint(&mut out, identity.id.dev);
+    push_varint(&mut out, identity.id.ino);
+    push_varint(&mut out, identity.igen.map_or(0, |g| u64::from(g) + 1));
+    push_zigzag(&mut out, identity.btime_ns.unwrap_or(i64::MIN));
+    out
 }
 
-/// Starts watching `home/sandboxes`, reporting epochs to `catalog`. The first full
-/// scan and ingest of every sandbox completes before this returns.
-pub fn spawn(home: &Path, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHandle> {
+fn owner_of(bytes: &[u8]) -> Option<FileIdentity> {
+    let mut d = Decoder::new(bytes);
+    let id = FileId { dev: d.varint()?, ino: d.varint()? };
+    let igen = d.varint()?.checked_sub(1).map(|g| g as u32);
+    let btime_ns = Some(d.zigzag()?).filter(|b| *b != i64::MIN);
+    Some(FileIdentity { id, igen, btime_ns })
+}
+
+/// The identity of directory `path`, not following a symlink.
+fn dir_identity(path: &Path) -> std::io::Result<FileIdentity> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    FileIdentity::of_file(&dir)
+}
+
+/// Starts watching `home/sandboxes`, keeping what is rendered in `store` and reporting
+/// epochs to `catalog`. The first full scan and ingest of every sandbox completes
+/// before this returns.
+pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHandle> {
     let sandboxes = home.join("sandboxes");
     let (tx, rx) = mpsc::channel();
-    let events = tx.clone();
-    let arrivals = Arc::new(Arrivals::default());
-    let opener = arrivals.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        // Opens and reads (msbfs's own among them) say nothing new.
-        Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
-        Ok(event) => {
-            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))) {
-                // Hold every new live file at once, before a fast producer can
-                // rotate it away while ingest is busy.
-                for path in &event.paths {
-                    opener.record(path);
-                }
-            }
-            for path in event.paths {
-                let _ = events.send(Wake::Changed(path));
-            }
+    let watcher = Watcher::start(tx.clone())?;
+    watcher.watch_sandboxes(&sandboxes);
+    let saved = store.saved_epochs().into_iter().map(|s| (s.header.name.clone(), s)).collect();
+    let mut ingest = Ingest {
+        sandboxes,
+        store,
+        catalog,
+        watcher: Some(watcher),
+        live: BTreeMap::new(),
+        saved,
+        warned: BTreeSet::new(),
+    };
+    if ingest.rescan() {
+        // Saved state of sandboxes that no longer exist is removed.
+        for (name, saved) in std::mem::take(&mut ingest.saved) {
+            tracing::info!(sandbox = ?name, "removing the saved state of a sandbox that no longer exists");
+            ingest.store.remove_saved(&saved);
         }
-        Err(_) => {
-            let _ = events.send(Wake::Rescan);
-        }
-    })
-    .map_err(std::io::Error::other)?;
-    let mut ingest = Ingest { sandboxes, arrivals, catalog, watcher, live: BTreeMap::new(), watched: BTreeSet::new() };
-    ingest.watch(&ingest.sandboxes.clone());
-    ingest.rescan();
+    }
     let thread = std::thread::Builder::new().name("msbfs-ingest".into()).spawn(move || ingest.run(rx))?;
     Ok(IngestHandle { wake: tx, thread: Some(thread) })
 }
 
+/// One sandbox being ingested.
+struct Live {
+    ingest: SandboxIngest,
+    dir: PathBuf,
+    identity: FileIdentity,
+}
+
 struct Ingest {
     sandboxes: PathBuf,
-    arrivals: Arc<Arrivals>,
+    store: Arc<Store>,
     catalog: Arc<dyn Catalog>,
-    watcher: notify::RecommendedWatcher,
-    live: BTreeMap<String, SandboxIngest>,
-    watched: BTreeSet<PathBuf>,
+    watcher: Option<Watcher>,
+    live: BTreeMap<String, Live>,
+    saved: HashMap<String, SavedEpoch>,
+    warned: BTreeSet<String>,
 }
 
 impl Ingest {
-    fn watch(&mut self, path: &Path) {
-        if self.watched.contains(path) {
-            return;
-        }
-        match self.watcher.watch(path, RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                self.watched.insert(path.to_path_buf());
-            }
-            Err(e) => tracing::debug!(path = %path.display(), "cannot watch: {e}"),
-        }
-    }
-
-    fn unwatch(&mut self, path: &Path) {
-        if self.watched.remove(path) {
-            let _ = self.watcher.unwatch(path);
-        }
+    fn watcher(&self) -> &Watcher {
+        self.watcher.as_ref().expect("the watcher runs until shutdown")
     }
 
     fn run(mut self, rx: Receiver<Wake>) {
         let mut last_full = Instant::now();
         loop {
-            let next_flush = self.live.values().filter_map(|sb| sb.next_flush()).min();
+            let next_flush = self.live.values().filter_map(|l| l.ingest.next_flush()).min();
             let until_flush = next_flush.map_or(FALLBACK_POLL, |at| at.saturating_duration_since(Instant::now()));
             let timeout = FALLBACK_POLL.saturating_sub(last_full.elapsed()).min(until_flush);
             let first = match rx.recv_timeout(timeout) {
@@ -144,22 +146,21 @@ impl Ingest {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut dirty = BTreeSet::new();
             let now = Instant::now();
-            dirty.extend(
-                self.live.iter().filter(|(_, sb)| sb.next_flush().is_some_and(|at| at <= now)).map(|(n, _)| n.clone()),
-            );
-            let mut rescan = first.is_none() && last_full.elapsed() >= FALLBACK_POLL;
+            let mut dirty: BTreeSet<String> = self
+                .live
+                .iter()
+                .filter(|(_, l)| l.ingest.next_flush().is_some_and(|at| at <= now))
+                .map(|(n, _)| n.clone())
+                .collect();
+            let mut rescan = false;
             for wake in first.into_iter().chain(rx.try_iter()) {
                 match wake {
                     Wake::Stop => return self.shutdown(),
                     Wake::Rescan => rescan = true,
-                    Wake::Changed(path) => match self.sandbox_of(&path) {
-                        Some((name, true)) => {
-                            dirty.insert(name);
-                        }
-                        _ => rescan = true,
-                    },
+                    Wake::Changed(name) => {
+                        dirty.insert(name);
+                    }
                 }
             }
             if rescan || last_full.elapsed() >= FALLBACK_POLL {
@@ -167,139 +168,154 @@ impl Ingest {
                 last_full = Instant::now();
             } else {
                 for name in dirty {
-                    if let Some(sb) = self.live.get_mut(&name) {
-                        sb.poll();
+                    if let Some(live) = self.live.get_mut(&name) {
+                        live.ingest.poll(false);
                     }
                 }
             }
+            self.store.enforce_budget();
         }
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        for (name, mut sb) in std::mem::take(&mut self.live) {
-            sb.finish();
+        for (name, mut live) in std::mem::take(&mut self.live) {
+            live.ingest.finish(true);
             self.catalog.sandbox_removed(&name);
         }
+        if let Some(watcher) = self.watcher.take() {
+            watcher.stop();
+        }
+        self.store.sync_all();
     }
 
-    /// For a path under `sandboxes/`: the sandbox name and whether it lies in `logs/`.
-    fn sandbox_of(&self, path: &Path) -> Option<(String, bool)> {
-        let rel = path.strip_prefix(&self.sandboxes).ok()?;
-        let mut parts = rel.components();
-        let name = parts.next()?.as_os_str().to_str()?.to_string();
-        let in_logs = parts.next().is_some_and(|c| c.as_os_str() == "logs") && parts.next().is_some();
-        Some((name, in_logs))
+    fn warn_once(&mut self, key: String, message: impl FnOnce() -> String) {
+        if self.warned.insert(key) {
+            tracing::warn!("{}", message());
+        }
     }
 
     /// Lists `sandboxes/`, starts and ends epochs, and polls every live sandbox.
-    fn rescan(&mut self) {
-        let mut seen: BTreeMap<String, (PathBuf, FileId)> = BTreeMap::new();
-        match std::fs::read_dir(&self.sandboxes) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let os_name = entry.file_name();
-                    let Some(name) = os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) else {
-                        tracing::warn!(name = ?os_name, "sandbox name is not UTF-8 or longer than 128 bytes; skipped");
-                        continue;
-                    };
-                    let dir = entry.path();
-                    let logs = dir.join("logs");
-                    match std::fs::metadata(&logs) {
-                        Ok(meta) if meta.is_dir() => {
-                            seen.insert(name.to_string(), (logs, FileId::of(&meta)));
-                        }
-                        _ => {
-                            if dir.is_dir() {
-                                self.watch(&dir);
-                            }
-                        }
+    /// Returns false when the listing failed (nothing is ended then).
+    fn rescan(&mut self) -> bool {
+        let mut seen: BTreeMap<String, (PathBuf, FileIdentity)> = BTreeMap::new();
+        let entries = match std::fs::read_dir(&self.sandboxes) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let dir = self.sandboxes.clone();
+                self.warn_once(format!("list {e}"), || format!("cannot list {}: {e}", dir.display()));
+                return false;
+            }
+        };
+        for entry in entries.flatten() {
+            let os_name = entry.file_name();
+            let Some(name) = os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) else {
+                self.warn_once(format!("name {os_name:?}"), || {
+                    format!("sandbox name {os_name:?} is not UTF-8 or longer than 128 bytes; skipped")
+                });
+                continue;
+            };
+            let dir = entry.path();
+            let logs = dir.join("logs");
+            match std::fs::symlink_metadata(&logs) {
+                Ok(meta) if meta.is_dir() => match dir_identity(&dir) {
+                    Ok(identity) => {
+                        seen.insert(name.to_string(), (logs, identity));
+                    }
+                    Err(e) => self.warn_once(format!("dir {name} {e}"), || format!("sandbox {name:?}: {e}; skipped")),
+                },
+                _ => {
+                    if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                        self.watcher().watch_sandbox(name, &dir);
                     }
                 }
             }
-            Err(e) => tracing::warn!(dir = %self.sandboxes.display(), "cannot list sandboxes: {e}"),
         }
-        let gone: Vec<String> = self
+        let ended: Vec<String> = self
             .live
             .iter()
-            .filter(|(name, sb)| seen.get(*name).is_none_or(|(_, id)| *id != sb.logs_id()))
+            .filter(|(name, live)| match seen.get(*name) {
+                Some((_, identity)) => !identity.same_as(&live.identity),
+                // Gone only when its directory is confirmed gone or replaced.
+                None => match dir_identity(&live.dir) {
+                    Ok(identity) => !identity.same_as(&live.identity),
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR),
+                },
+            })
             .map(|(name, _)| name.clone())
             .collect();
-        for name in gone {
-            if let Some(mut sb) = self.live.remove(&name) {
-                tracing::info!(sandbox = %name, "sandbox gone");
-                sb.finish();
-                self.catalog.sandbox_removed(&name);
-                let logs = self.sandboxes.join(&name).join("logs");
-                self.unwatch(&logs);
-                self.arrivals.forget_dir(&logs);
-            }
+        for name in ended {
+            self.end(&name);
         }
-        for (name, (logs, id)) in seen {
+        for (name, (logs, identity)) in seen {
             if !self.live.contains_key(&name) {
-                tracing::info!(sandbox = %name, "sandbox found");
-                self.watch(&logs);
-                self.watch(&self.sandboxes.join(&name));
-                let mut sb = SandboxIngest::with_arrivals(&name, &logs, id, new_epoch_id(), self.arrivals.clone());
-                sb.poll();
-                self.catalog.sandbox_added(&name, sb.timeline().clone());
-                self.live.insert(name, sb);
+                self.start(&name, &logs, identity);
             }
         }
-        for sb in self.live.values_mut() {
-            sb.poll();
+        for live in self.live.values_mut() {
+            live.ingest.poll(true);
         }
+        true
+    }
+
+    fn end(&mut self, name: &str) {
+        let Some(mut live) = self.live.remove(name) else { return };
+        tracing::info!(sandbox = ?name, "sandbox gone");
+        live.ingest.finish(false);
+        self.catalog.sandbox_removed(name);
+        self.watcher().unwatch(live.ingest.logs());
+        self.watcher().unwatch(&live.dir);
+        self.store.remove_epoch(live.ingest.timeline().store());
+    }
+
+    /// Resumes the saved epoch of `name` if it belongs to this very directory, else
+    /// starts a new one.
+    fn start(&mut self, name: &str, logs: &Path, identity: FileIdentity) {
+        let dir = logs.parent().unwrap_or(logs).to_path_buf();
+        let mut resumed = None;
+        if let Some(saved) = self.saved.remove(name) {
+            if owner_of(&saved.header.owner).is_some_and(|owner| owner.same_as(&identity)) {
+                match self.store.open_epoch(&saved) {
+                    Ok((epoch, recovered)) => match SandboxIngest::resume(name, logs, epoch.clone(), recovered) {
+                        Ok(ingest) => resumed = Some(ingest),
+                        Err(reason) => {
+                            tracing::warn!(sandbox = ?name, "cannot resume the saved state ({reason}); new epoch");
+                            self.store.remove_epoch(&epoch);
+                        }
+                    },
+                    Err(reason) => tracing::warn!(sandbox = ?name, "saved state unreadable ({}); new epoch", reason.0),
+                }
+            } else {
+                tracing::info!(sandbox = ?name, "the sandbox directory was recreated; new epoch");
+                self.store.remove_saved(&saved);
+            }
+        }
+        let ingest = match resumed {
+            Some(ingest) => {
+                tracing::info!(sandbox = ?name, size = ingest.timeline().size(), "sandbox resumed");
+                ingest
+            }
+            None => match self.store.create_epoch(name, &owner_bytes(&identity)) {
+                Ok(epoch) => {
+                    tracing::info!(sandbox = ?name, "sandbox found");
+                    SandboxIngest::create(name, logs, epoch)
+                }
+                Err(e) => {
+                    self.warn_once(format!("create {name}"), || {
+                        format!("sandbox {name:?}: cannot create its state: {e}")
+                    });
+                    return;
+                }
+            },
+        };
+        self.watcher().watch_logs(name, logs, ingest.trackers());
+        self.watcher().watch_sandbox(name, &dir);
+        let mut live = Live { ingest, dir, identity };
+        live.ingest.poll(true);
+        self.catalog.sandbox_added(name, live.ingest.timeline().clone());
+        self.live.insert(name.to_string(), live);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use parking_lot::Mutex;
-    use std::os::unix::ffi::OsStrExt;
-
-    /// Records what ingest reports.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl Catalog for Recorder {
-        fn sandbox_added(&self, name: &str, _timeline: Arc<Timeline>) {
-            self.0.lock().push(format!("+{name}"));
-        }
-        fn sandbox_removed(&self, name: &str) {
-            self.0.lock().push(format!("-{name}"));
-        }
-    }
-
-    fn wait_for(recorder: &Recorder, entry: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !recorder.0.lock().iter().any(|e| e == entry) {
-            assert!(Instant::now() < deadline, "never saw {entry}: {:?}", recorder.0.lock());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn only_sandboxes_with_valid_names_and_logs_appear() {
-        let home = tempfile::tempdir().unwrap();
-        let sandboxes = home.path().join("sandboxes");
-        let long = "x".repeat(MAX_NAME_LEN + 1);
-        let max = "y".repeat(MAX_NAME_LEN);
-        for name in ["web", long.as_str(), max.as_str()] {
-            std::fs::create_dir_all(sandboxes.join(name).join("logs")).unwrap();
-        }
-        std::fs::create_dir_all(sandboxes.join(std::ffi::OsStr::from_bytes(b"bad\xff")).join("logs")).unwrap();
-        std::fs::create_dir_all(sandboxes.join("no-logs-yet")).unwrap();
-        let recorder = Arc::new(Recorder::default());
-        let handle = spawn(home.path(), recorder.clone()).unwrap();
-        let mut seen = recorder.0.lock().clone();
-        seen.sort();
-        assert_eq!(seen, ["+web".to_string(), format!("+{max}")]);
-        // A sandbox whose logs/ appears later is found; one that vanishes is removed.
-        std::fs::create_dir(sandboxes.join("no-logs-yet").join("logs")).unwrap();
-        wait_for(&recorder, "+no-logs-yet");
-        std::fs::remove_dir_all(sandboxes.join("web")).unwrap();
-        wait_for(&recorder, "-web");
-        handle.stop();
-    }
-}
+mod tests;

@@ -1,19 +1,31 @@
-//! Ingest of one sandbox epoch: refresh the three sources, merge their new lines by
-//! `(timestamp, source, position)` and append the decisions and rendered bytes to the
-//! timeline.
+//! Ingest of one sandbox epoch: keep the three sources up to date, merge their new
+//! lines by `(timestamp, source, position)` (DESIGN §2.2), and commit each batch to the
+//! timeline, which stores it before anyone can see it.
+//!
+//! A new epoch starts at every source's first byte. A resumed one replays the store's
+//! journal from its last checkpoint, so it stands exactly where it stood (positions,
+//! parse state, held fragments), renders any damaged bytes again, and announces what
+//! the producer rotated away while msbfs was not running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::source::generation::{FileId, Pos};
-use crate::source::reader::Next;
-use crate::source::record::{parse_line, Record, SourceState, Tag};
-use crate::source::{Arrivals, Source, SourceKind};
-use crate::timeline::render::{apply_base, Assembler};
-use crate::timeline::{CursorPos, FileMeta, SourceMark, Timeline};
+use parking_lot::Mutex;
+
+use crate::source::feed::{SourceMark, Step};
+use crate::source::generation::{GenRecord, Pos};
+use crate::source::record::{fragments_lost_notice, missed_notice, Tag};
+use crate::source::tracker::ChainTracker;
+use crate::source::{find_generation, PerSource, Source, SourceKind};
+use crate::store::{EpochStore, Recovered};
+use crate::timeline::batch::Batch;
+use crate::timeline::journal::{decode_entries, Checkpoint};
+use crate::timeline::render::Assembler;
+use crate::timeline::replay::{entries_at, start_checkpoint, ReplayError, Replayer};
+use crate::timeline::{CursorPos, FileMeta, Timeline};
 
 /// Rendered bytes after which a batch is committed even while more lines are ready,
 /// so a large history becomes visible progressively and batch memory stays bounded.
@@ -21,119 +33,166 @@ const COMMIT_BYTES: usize = 1 << 20;
 /// A line fragment waiting this long for the rest of its line is rendered as a line of
 /// its own (a prompt, a progress bar).
 pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
-/// Bytes of deleted generations per source kept open for readers that still need
-/// them; beyond this the oldest is released anyway, so a reader that never moves
-/// cannot pin deleted files (and their disk space) forever.
-const MAX_PINNED_DELETED_BYTES: u64 = 128 << 20;
-/// Rendered bytes after which the chains are scanned again within one poll, so a
-/// long catch-up cannot let a fast producer rotate generations away unseen.
+/// Rendered bytes after which new generations are adopted within one poll, so a long
+/// catch-up reads a fast producer's files while they are still there.
 const REFRESH_BYTES: usize = 256 << 10;
 
-/// A parsed line waiting to be merged.
+/// What the first batch of an epoch records before anything else.
 #[derive(Debug)]
-struct Head {
-    record: Record,
-    /// Generation the line starts in (the one whose bytes it needs first).
-    start_gen: u32,
-    end: Pos,
-    state_after: SourceState,
-    /// `Base` op to record before the line (first line of a generation).
-    base: Option<(u32, i64)>,
-    /// Set when this head is a gap notice rather than a line.
-    gap: Option<u64>,
-}
-
-/// One source with its merge state.
-#[derive(Debug)]
-struct Feed {
-    source: Source,
-    taken: SourceMark,
-    based_gen: Option<u32>,
-    head: Option<Head>,
-}
-
-impl Feed {
-    fn load_head(&mut self) -> std::io::Result<()> {
-        if self.head.is_some() {
-            return Ok(());
-        }
-        let kind = self.source.kind();
-        let chain = self.source.chain().clone();
-        let taken = self.taken;
-        let based_gen = self.based_gen;
-        self.head = match self.source.next_line()? {
-            Next::Line(raw, start, end) => {
-                let mut state = taken.state;
-                let base = if based_gen != Some(start.gen) {
-                    chain.get(start.gen).map(|gen| {
-                        apply_base(kind, gen.birth_ms, &mut state);
-                        (start.gen, gen.birth_ms)
-                    })
-                } else {
-                    None
-                };
-                let record = parse_line(kind, raw, &mut state);
-                Some(Head { record, start_gen: start.gen, end, state_after: state, base, gap: None })
-            }
-            Next::Gap { bytes } => {
-                let record = crate::timeline::render::gap_notice(kind, bytes, &taken.state);
-                let end = self.source.pos();
-                Some(Head { record, start_gen: end.gen, end, state_after: taken.state, base: None, gap: Some(bytes) })
-            }
-            Next::Pending => None,
-        };
-        Ok(())
-    }
+enum Prelude {
+    /// A new epoch: a segment checkpoint at offset 0.
+    Start,
+    /// A resumed epoch that could not continue exactly where it stood.
+    Resume {
+        /// Held fragments to flush before the sources jump.
+        flush_first: bool,
+        /// The sources jumped (a resume checkpoint records where to).
+        jumped: bool,
+        /// Sources whose producer rotated away what it wrote meanwhile.
+        missed: Vec<SourceKind>,
+        /// Fragments held before the stop could not be rebuilt.
+        fragments_lost: bool,
+    },
 }
 
 /// The ingest side of one sandbox epoch.
 pub struct SandboxIngest {
     name: String,
     logs: PathBuf,
-    logs_id: FileId,
     timeline: Arc<Timeline>,
-    feeds: [Feed; 3],
-    /// Per source: merged offset where the last line of each generation ended.
-    gen_ends: [BTreeMap<u32, u64>; 3],
+    sources: PerSource<Source>,
     /// The live end's line reassembly.
     assembler: Assembler,
     /// When ingest first saw each held fragment (wall clock; decisions taken from it
     /// are recorded as `Flush` ops, so replay never consults the clock).
     held_since: HashMap<(Tag, u64), Instant>,
+    prelude: Option<Prelude>,
+    warned_read: PerSource<bool>,
 }
 
+const NO_META: FileMeta = FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 };
+
 impl SandboxIngest {
-    /// Starts a new epoch for the logs directory `logs` (identified by `logs_id`).
-    pub fn new(name: &str, logs: &Path, logs_id: FileId, epoch: u64) -> SandboxIngest {
-        SandboxIngest::with_arrivals(name, logs, logs_id, epoch, Arc::default())
+    /// Starts a new epoch, kept in `store`, for the logs directory `logs`.
+    pub fn create(name: &str, logs: &Path, store: Arc<EpochStore>) -> SandboxIngest {
+        let sources = PerSource::from_fn(|kind| Source::new(kind, logs));
+        SandboxIngest::assemble(
+            name,
+            logs,
+            Timeline::new(store, 0, NO_META),
+            sources,
+            Assembler::default(),
+            Prelude::Start,
+        )
     }
 
-    /// Like [`SandboxIngest::new`], adopting files the watcher opened on arrival.
-    pub fn with_arrivals(
+    fn assemble(
         name: &str,
         logs: &Path,
-        logs_id: FileId,
-        epoch: u64,
-        arrivals: Arc<Arrivals>,
+        timeline: Timeline,
+        sources: PerSource<Source>,
+        assembler: Assembler,
+        prelude: Prelude,
     ) -> SandboxIngest {
-        let feeds = SourceKind::ALL.map(|kind| Feed {
-            source: Source::with_arrivals(kind, logs, arrivals.clone()),
-            taken: SourceMark::START,
-            based_gen: None,
-            head: None,
-        });
-        let chains = [0, 1, 2].map(|i| feeds[i].source.chain().clone());
-        let meta = FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 };
-        SandboxIngest {
+        let ingest = SandboxIngest {
             name: name.to_string(),
             logs: logs.to_path_buf(),
-            logs_id,
-            timeline: Arc::new(Timeline::new(epoch, chains, meta)),
-            feeds,
-            gen_ends: Default::default(),
-            assembler: Assembler::default(),
+            timeline: Arc::new(timeline),
+            sources,
+            assembler,
             held_since: HashMap::new(),
+            prelude: Some(prelude),
+            warned_read: PerSource::default(),
+        };
+        ingest.timeline.set_meta(ingest.file_meta());
+        ingest
+    }
+
+    /// Resumes the epoch kept in `store` from what recovery found. Fails (and the
+    /// caller starts a new epoch) only when the journal's checkpoint is unreadable.
+    pub fn resume(
+        name: &str,
+        logs: &Path,
+        store: Arc<EpochStore>,
+        recovered: Recovered,
+    ) -> Result<SandboxIngest, String> {
+        for repair in &recovered.repairs {
+            tracing::warn!(sandbox = ?name, "store recovery: {repair}");
         }
+        let Some(first) = recovered.commits.first() else {
+            // Nothing was committed: the epoch starts at every source's first byte.
+            return Ok(SandboxIngest::create(name, logs, store));
+        };
+        let cut = *first.cuts.get(recovered.resume_cut).ok_or("no checkpoint to resume from")?;
+        let (checkpoint, rest) = entries_at(&first.payload, cut.payload_at).map_err(|e| e.to_string())?;
+        let resolve = |kind: SourceKind, rec: &GenRecord| find_generation(kind, logs, rec);
+        let mut replayer = Replayer::new(&checkpoint, &resolve);
+        let mut expect_from = cut.out;
+        for (i, commit) in recovered.commits.iter().enumerate() {
+            let entries = if i == 0 { Some(rest.clone()) } else { decode_entries(&commit.payload) };
+            match entries {
+                Some(entries) => entries.iter().for_each(|e| replayer.apply(e)),
+                None => replayer.stop_rendering(ReplayError::Malformed),
+            }
+            let out = replayer.take_output();
+            let damaged = recovered.damaged.contains(&i);
+            if replayer.failure().is_none() && !commit.is_unstored() {
+                let verdict = if expect_from > commit.data_start {
+                    // The commit holding the checkpoint: only its bytes from the cut on.
+                    let len = (commit.data_end - expect_from) as usize;
+                    store.read(expect_from, len).is_ok_and(|stored| stored == out)
+                } else if damaged {
+                    store.repair(commit, &out).unwrap_or(false)
+                } else {
+                    commit.matches(&out)
+                };
+                if !verdict {
+                    replayer.stop_rendering(ReplayError::Mismatch);
+                } else if damaged {
+                    tracing::info!(sandbox = ?name, from = commit.data_start, "damaged bytes rendered again from the sources");
+                }
+            }
+            if damaged && replayer.failure().is_some() {
+                tracing::warn!(sandbox = ?name, from = commit.data_start, to = commit.data_end,
+                    "damaged bytes cannot be rendered again; they now read as a notice");
+                if let Err(e) = store.give_up(commit) {
+                    tracing::warn!(sandbox = ?name, "cannot write the notice: {e}");
+                }
+            }
+            expect_from = commit.data_end;
+        }
+        if let Some(why) = replayer.failure() {
+            tracing::info!(sandbox = ?name, "resuming from the recorded positions ({why})");
+        }
+        let state = replayer.into_state();
+        let mut flush_first = false;
+        let mut assembler = state.assembler;
+        let mut missed = Vec::new();
+        let sources = PerSource::from_fn(|kind| {
+            let gens = state.gens[kind].clone();
+            let mut mark = state.marks[kind];
+            let at_mark = gens.iter().find(|g| g.seq() == mark.pos.gen);
+            if at_mark.is_some_and(|g| g.is_released()) {
+                // What the producer wrote after this point was rotated away meanwhile:
+                // continue at the next generation still on disk.
+                missed.push(kind);
+                let next = gens.iter().find(|g| g.seq() > mark.pos.gen && !g.is_released());
+                let gen = next.map_or(state.next_seq[kind], |g| g.seq());
+                mark = SourceMark { pos: Pos { gen, off: 0 }, based_gen: None, ..mark };
+            }
+            Source::restored(kind, logs, gens, mark, state.next_seq[kind])
+        });
+        if !missed.is_empty() && !assembler.is_empty() {
+            flush_first = true;
+        }
+        if state.fragments_lost {
+            assembler = Assembler::default();
+        }
+        let segment_len = store.size() - store.open_segment().0;
+        let prelude =
+            Prelude::Resume { flush_first, jumped: !missed.is_empty(), missed, fragments_lost: state.fragments_lost };
+        let timeline = Timeline::new(store, segment_len, NO_META);
+        Ok(SandboxIngest::assemble(name, logs, timeline, sources, assembler, prelude))
     }
 
     /// The sandbox name.
@@ -141,9 +200,9 @@ impl SandboxIngest {
         &self.name
     }
 
-    /// Identity of the logs directory this epoch reads.
-    pub fn logs_id(&self) -> FileId {
-        self.logs_id
+    /// The logs directory read.
+    pub fn logs(&self) -> &Path {
+        &self.logs
     }
 
     /// The timeline this ingest appends to.
@@ -151,102 +210,134 @@ impl SandboxIngest {
         &self.timeline
     }
 
-    fn marks(&self) -> [SourceMark; 3] {
-        [0, 1, 2].map(|i| self.feeds[i].taken)
+    /// The chain trackers of the sources, for the watcher thread.
+    pub fn trackers(&self) -> PerSource<Arc<Mutex<ChainTracker>>> {
+        self.sources.map(|_, s| s.tracker().clone())
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            marks: self.sources.map(|_, s| s.mark()),
+            gens: self.sources.map(|_, s| s.records_known()),
+            next_seq: self.sources.map(|_, s| s.next_seq()),
+        }
     }
 
     fn cursor(&self) -> [CursorPos; 3] {
-        [0, 1, 2].map(|i| {
-            let feed = &self.feeds[i];
-            let pos = feed.taken.pos;
-            let generation = feed.source.chain().get(pos.gen).map_or(0, |g| g.id.ino);
-            CursorPos { generation, offset: if generation == 0 { 0 } else { pos.off } }
-        })
+        self.sources
+            .map(|_, s| {
+                let generation = s.cursor_generation();
+                CursorPos { generation, offset: if generation == 0 { 0 } else { s.mark().pos.off } }
+            })
+            .0
     }
 
-    /// Brings every source's chain up to date (new generations opened, so a fast
-    /// producer cannot rotate them away unseen) and releases deleted generations that
-    /// no reader needs any more, moving the horizon past their bytes.
-    fn refresh_sources(&mut self) {
-        for i in 0..3 {
-            let report = self.feeds[i].source.refresh();
-            let chain = self.feeds[i].source.chain().clone();
-            let len_of = |seq: u32| chain.get(seq).and_then(|g| g.sealed_len()).unwrap_or(0);
-            let mut pinned: u64 = report.deleted.iter().map(|&seq| len_of(seq)).sum();
-            for seq in report.deleted {
-                let end = self.gen_ends[i].get(&seq).copied().unwrap_or(0);
-                if !self.timeline.readers_past(end) && pinned <= MAX_PINNED_DELETED_BYTES {
-                    break;
-                }
-                pinned -= len_of(seq);
-                self.feeds[i].source.release(seq);
-                self.gen_ends[i].remove(&seq);
-                self.timeline.retire_until(end);
+    /// Brings every source's chain up to date and records what changed in `batch`.
+    fn refresh(&mut self, batch: &mut Batch, scan: bool) {
+        for kind in SourceKind::ALL {
+            let source = &mut self.sources[kind];
+            source.refresh(scan);
+            for event in source.take_events() {
+                batch.chain_event(kind, event);
             }
         }
     }
 
-    /// Reads everything new from the sources and appends it to the timeline.
-    pub fn poll(&mut self) {
-        self.refresh_sources();
-        let mut batch = self.timeline.begin_batch();
-        let mut out = self.timeline.size();
-        let mut took_any = false;
-        let mut refreshed_at = 0;
-        loop {
-            for i in 0..3 {
-                if let Err(e) = self.feeds[i].load_head() {
-                    tracing::warn!(sandbox = %self.name, source = SourceKind::ALL[i].file_name(), "read failed: {e}");
+    fn write_prelude(&mut self, batch: &mut Batch) {
+        match self.prelude.take() {
+            None => {}
+            Some(Prelude::Start) => batch.checkpoint(start_checkpoint(), true),
+            Some(Prelude::Resume { flush_first, jumped, missed, fragments_lost }) => {
+                if flush_first {
+                    batch.flush(None, &mut self.assembler);
+                }
+                if jumped {
+                    batch.checkpoint(self.checkpoint(), false);
+                }
+                for kind in missed {
+                    let notice = missed_notice(kind, None, &self.sources[kind].mark().state);
+                    tracing::warn!(sandbox = ?self.name, file = kind.file_name(),
+                        "what the producer wrote while msbfs was not running was rotated away");
+                    batch.missed(kind, None, &notice, &mut self.assembler);
+                }
+                if fragments_lost {
+                    let notice = fragments_lost_notice(&self.sources[SourceKind::Exec].mark().state);
+                    batch.fragments_lost(&notice, &mut self.assembler);
                 }
             }
-            let next = (0..3).filter_map(|i| self.feeds[i].head.as_ref().map(|h| (h.record.ts, i))).min();
-            let Some((_, i)) = next else { break };
-            let head = self.feeds[i].head.take().expect("chosen head exists");
-            let kind = SourceKind::ALL[i];
-            if let Some((gen, birth)) = head.base {
-                batch.base(kind, gen, birth);
-                self.feeds[i].based_gen = Some(gen);
+        }
+    }
+
+    fn commit(&mut self, batch: Batch) {
+        let held = !self.assembler.is_empty();
+        let cursor = self.cursor();
+        if let Err(e) = self.timeline.commit(batch, held, cursor) {
+            tracing::warn!(sandbox = ?self.name, "cannot store what was rendered: {e}");
+        }
+    }
+
+    /// Reads everything new from the sources and commits it. With `scan`, the chains
+    /// on disk are scanned first (the fallback poll; otherwise the watcher did it).
+    pub fn poll(&mut self, scan: bool) {
+        let mut batch = self.timeline.begin_batch();
+        self.write_prelude(&mut batch);
+        self.refresh(&mut batch, scan);
+        let mut refreshed_at = 0;
+        loop {
+            let mut best: Option<(i64, SourceKind)> = None;
+            for kind in SourceKind::ALL {
+                match self.sources[kind].peek() {
+                    Ok(Some(head)) => {
+                        let ts = head.step.record().ts;
+                        if best.is_none_or(|(b, _)| ts < b) {
+                            best = Some((ts, kind));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if !std::mem::replace(&mut self.warned_read[kind], true) {
+                            tracing::warn!(sandbox = ?self.name, file = kind.file_name(), "read failed: {e}");
+                        }
+                    }
+                }
             }
-            self.feeds[i].taken = SourceMark { pos: head.end, state: head.state_after };
-            let marks = self.marks();
-            let before = batch.len();
-            match head.gap {
-                Some(bytes) => batch.gap(kind, bytes, &head.state_after, &mut self.assembler, &marks),
-                None => batch.take(kind, &head.record, &mut self.assembler, &marks),
+            let Some((_, kind)) = best else { break };
+            let head = self.sources[kind].take().expect("a loaded head");
+            match head.step {
+                Step::Record(record) => batch.take(kind, &record, &mut self.assembler),
+                Step::Gap { bytes, notice } => batch.gap(kind, bytes, &notice, &mut self.assembler),
+                Step::Lost { generations, notice } => batch.lost(kind, generations, &notice, &mut self.assembler),
             }
-            out += (batch.len() - before) as u64;
-            self.gen_ends[i].insert(head.start_gen, out);
-            took_any = true;
+            batch.moved(kind, head.next);
+            if batch.segment_due(&mut self.assembler) {
+                let checkpoint = self.checkpoint();
+                batch.checkpoint(checkpoint, true);
+            }
             if batch.len() >= COMMIT_BYTES {
-                batch.set_cursor(self.cursor());
-                self.timeline.commit(batch);
-                self.refresh_sources();
+                self.commit(batch);
                 batch = self.timeline.begin_batch();
+                self.refresh(&mut batch, false);
                 refreshed_at = 0;
             } else if batch.len() - refreshed_at >= REFRESH_BYTES {
-                self.refresh_sources();
+                self.refresh(&mut batch, false);
                 refreshed_at = batch.len();
             }
         }
         self.flush_due(&mut batch, Instant::now());
-        if took_any {
-            batch.set_cursor(self.cursor());
-        }
-        self.timeline.commit(batch);
+        self.commit(batch);
         self.timeline.set_meta(self.file_meta());
     }
 
     /// Flushes fragments that waited [`FLUSH_AFTER`] and starts the clock of new ones.
     /// Each fragment has its own clock: one completed and another begun in the same
     /// stream between two polls do not share one.
-    fn flush_due(&mut self, batch: &mut crate::timeline::Batch, now: Instant) {
+    fn flush_due(&mut self, batch: &mut Batch, now: Instant) {
         let held: Vec<(Tag, u64)> = self.assembler.held_fragments().collect();
         self.held_since.retain(|fragment, _| held.contains(fragment));
         for fragment in held {
             let since = *self.held_since.entry(fragment).or_insert(now);
             if now.duration_since(since) >= FLUSH_AFTER {
-                let marks = self.marks();
-                batch.flush(Some(fragment.0), &mut self.assembler, &marks);
+                batch.flush(Some(fragment.0), &mut self.assembler);
                 self.held_since.remove(&fragment);
             }
         }
@@ -257,24 +348,29 @@ impl SandboxIngest {
         self.held_since.values().min().map(|since| *since + FLUSH_AFTER)
     }
 
-    /// Flushes every held fragment (the sandbox stopped or msbfs is stopping) and
-    /// closes the timeline.
-    pub fn finish(&mut self) {
+    /// Flushes every held fragment and closes the timeline. When msbfs is stopping
+    /// (`resume_later`), a checkpoint at the end lets the next start continue there
+    /// without replaying anything.
+    pub fn finish(&mut self, resume_later: bool) {
+        let mut batch = self.timeline.begin_batch();
+        self.write_prelude(&mut batch);
         if !self.assembler.is_empty() {
-            let mut batch = self.timeline.begin_batch();
-            let marks = self.marks();
-            batch.flush(None, &mut self.assembler, &marks);
-            self.timeline.commit(batch);
+            batch.flush(None, &mut self.assembler);
         }
+        self.held_since.clear();
+        if resume_later {
+            let checkpoint = self.checkpoint();
+            batch.checkpoint(checkpoint, false);
+        }
+        self.commit(batch);
         self.timeline.close();
     }
 
     /// Owner of `exec.log`, permissions no more permissive than any source's.
     fn file_meta(&self) -> FileMeta {
-        let metas: Vec<std::fs::Metadata> = self
-            .feeds
+        let metas: Vec<std::fs::Metadata> = SourceKind::ALL
             .iter()
-            .filter_map(|f| f.source.chain().last().and_then(|g| g.file()).and_then(|f| f.metadata().ok()))
+            .filter_map(|&k| self.sources[k].chain().last().and_then(|g| g.file()).and_then(|f| f.metadata().ok()))
             .collect();
         let dir = std::fs::metadata(&self.logs).ok();
         let owner = metas.first().or(dir.as_ref());

@@ -1,15 +1,19 @@
 //! One file of a source's generation chain, and the chain itself.
 //!
-//! A generation is identified by its place in the chain (`seq`), never by inode number
-//! alone: ext4 hands a deleted file's inode number to the next `exec.log`. msbfs keeps
-//! the descriptor of every generation it still needs, which also pins the inode so it
-//! cannot be reused while held.
+//! A generation is identified by its place in the chain (`seq`) and, on disk, by a
+//! [`FileIdentity`]: `(dev, ino)` plus what tells a reused inode number apart (ext4
+//! hands a deleted file's inode number to the next `exec.log`, often within the same
+//! rotation): the inode generation and the birth time, where the filesystem has them,
+//! and a fingerprint of the first bytes. msbfs holds a generation's descriptor only
+//! while ingest still has bytes of it to read; the store keeps what it rendered.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -21,7 +25,7 @@ pub const FINGERPRINT_LEN: usize = 64;
 const LIVE: u64 = u64::MAX;
 
 /// `(st_dev, st_ino)` of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
     /// Device number.
     pub dev: u64,
@@ -30,9 +34,67 @@ pub struct FileId {
 }
 
 impl FileId {
-    /// The id of an open file or a metadata record.
+    /// The id of a metadata record.
     pub fn of(meta: &std::fs::Metadata) -> FileId {
         FileId { dev: meta.dev(), ino: meta.ino() }
+    }
+}
+
+/// Who a file is, as far as the filesystem can tell: `(dev, ino)`, the inode
+/// generation (`FS_IOC_GETVERSION`: ext4, xfs, btrfs; changes when an inode number is
+/// reused) and the birth time in nanoseconds, each `None` where unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    /// Device and inode number.
+    pub id: FileId,
+    /// Inode generation, read through an open descriptor.
+    pub igen: Option<u32>,
+    /// Birth time, Unix nanoseconds.
+    pub btime_ns: Option<i64>,
+}
+
+/// `FS_IOC_GETVERSION`: `_IOR('v', 1, long)`.
+const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+
+fn statx_btime(fd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> Option<(FileId, Option<i64>, u64)> {
+    // SAFETY: statx writes into the zeroed struct we own; fd and path are valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
+    if unsafe { libc::statx(fd, path.as_ptr(), flags, mask, &mut stx) } != 0 {
+        return None;
+    }
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    let btime = (stx.stx_mask & libc::STATX_BTIME != 0)
+        .then(|| stx.stx_btime.tv_sec * 1_000_000_000 + i64::from(stx.stx_btime.tv_nsec));
+    Some((FileId { dev, ino: stx.stx_ino }, btime, u64::from(stx.stx_mode)))
+}
+
+impl FileIdentity {
+    /// The identity of an open file (all parts the filesystem knows).
+    pub fn of_file(file: &File) -> io::Result<FileIdentity> {
+        let (id, btime_ns, _) =
+            statx_btime(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH).ok_or_else(io::Error::last_os_error)?;
+        let mut igen: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETVERSION writes one long into the variable we own.
+        let igen = (unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION, &mut igen) } == 0).then_some(igen as u32);
+        Ok(FileIdentity { id, igen, btime_ns })
+    }
+
+    /// The identity of the file at `path` without opening it (no inode generation),
+    /// not following a symlink; `None` when nothing regular is there.
+    pub fn of_path(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        let (id, btime_ns, mode) = statx_btime(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)?;
+        (mode as u32 & libc::S_IFMT == libc::S_IFREG).then_some(FileIdentity { id, igen: None, btime_ns })
+    }
+
+    /// True unless a part both sides know differs.
+    pub fn same_as(&self, other: &FileIdentity) -> bool {
+        let agree = |a: Option<i64>, b: Option<i64>| a.zip(b).is_none_or(|(a, b)| a == b);
+        self.id == other.id
+            && agree(self.igen.map(i64::from), other.igen.map(i64::from))
+            && agree(self.btime_ns, other.btime_ns)
     }
 }
 
@@ -45,14 +107,31 @@ pub struct Pos {
     pub off: u64,
 }
 
+/// What the journal records of a generation: enough to find it again after a restart
+/// and to read it exactly as ingest did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenRecord {
+    /// Place in the chain.
+    pub seq: u32,
+    /// Identity of its file.
+    pub identity: FileIdentity,
+    /// Birth time in Unix milliseconds (kernel uptime stamps count from it).
+    pub birth_ms: i64,
+    /// Its first bytes (up to [`FINGERPRINT_LEN`]) when last observed.
+    pub fingerprint: Vec<u8>,
+    /// Final length and whether a trailing partial line continues in the next
+    /// generation, once the producer moved on.
+    pub sealed: Option<(u64, bool)>,
+}
+
 /// One file of a chain: its identity, its descriptor while needed, and whether the
 /// producer has moved on from it.
 #[derive(Debug)]
 pub struct Generation {
-    /// Place in the chain.
-    pub seq: u32,
+    /// Place in the chain, assigned when the chain adopts it.
+    seq: AtomicU32,
     /// Identity of the file when it was first seen.
-    pub id: FileId,
+    pub identity: FileIdentity,
     /// Birth time in Unix milliseconds (statx btime, else mtime when first seen).
     pub birth_ms: i64,
     file: RwLock<Option<Arc<File>>>,
@@ -60,25 +139,65 @@ pub struct Generation {
     joins_next: AtomicBool,
     seen_len: AtomicU64,
     fingerprint: Mutex<Vec<u8>>,
+    /// Generations known to have been rotated away unseen just before this one.
+    lost_before: AtomicU64,
+    /// Generations known to have been rotated away unseen right after this one (the
+    /// loss was counted before any later generation was seen).
+    lost_after: AtomicU64,
 }
+
+/// `seq` of a generation no chain has adopted yet.
+const UNASSIGNED: u32 = u32::MAX;
 
 /// Reading from a generation whose descriptor msbfs has already released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Released;
 
 impl Generation {
-    /// A live generation reading through `file`.
-    pub fn new(seq: u32, id: FileId, birth_ms: i64, file: Arc<File>) -> Generation {
-        let fingerprint = read_prefix(&file, FINGERPRINT_LEN).unwrap_or_default();
+    /// A live generation reading through `file`, not yet in a chain (its sequence
+    /// number comes with [`Chain::adopt`]).
+    pub fn new(identity: FileIdentity, birth_ms: i64, file: Option<Arc<File>>) -> Generation {
+        let fingerprint = file.as_deref().and_then(|f| read_prefix(f, FINGERPRINT_LEN).ok()).unwrap_or_default();
         Generation {
-            seq,
-            id,
+            seq: AtomicU32::new(UNASSIGNED),
+            identity,
             birth_ms,
-            file: RwLock::new(Some(file)),
+            file: RwLock::new(file),
             sealed_len: AtomicU64::new(LIVE),
             joins_next: AtomicBool::new(false),
             seen_len: AtomicU64::new(0),
             fingerprint: Mutex::new(fingerprint),
+            lost_before: AtomicU64::new(0),
+            lost_after: AtomicU64::new(0),
+        }
+    }
+
+    /// A generation as the journal recorded it, reading through `file` if found.
+    pub fn from_record(rec: &GenRecord, file: Option<Arc<File>>) -> Generation {
+        let gen = Generation::new(rec.identity, rec.birth_ms, None);
+        gen.seq.store(rec.seq, Ordering::Release);
+        *gen.fingerprint.lock() = rec.fingerprint.clone();
+        gen.seen_len.store(rec.sealed.map_or(0, |(len, _)| len), Ordering::Release);
+        if let Some((len, joins)) = rec.sealed {
+            gen.seal(len, joins);
+        }
+        *gen.file.write() = file;
+        gen
+    }
+
+    /// Its place in the chain (`u32::MAX` until adopted).
+    pub fn seq(&self) -> u32 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// What the journal records of it now.
+    pub fn record(&self) -> GenRecord {
+        GenRecord {
+            seq: self.seq(),
+            identity: self.identity,
+            birth_ms: self.birth_ms,
+            fingerprint: self.fingerprint.lock().clone(),
+            sealed: self.sealed_len().map(|len| (len, self.joins_next())),
         }
     }
 
@@ -119,12 +238,12 @@ impl Generation {
         self.sealed_len.store(len, Ordering::Release);
     }
 
-    /// Closes the descriptor; the generation's bytes can no longer be read.
+    /// Closes the descriptor (ingest read it to its end, or it cannot be read).
     pub fn release(&self) {
         self.file.write().take();
     }
 
-    /// True once [`Generation::release`] ran.
+    /// True once [`Generation::release`] ran (or it was never opened).
     pub fn is_released(&self) -> bool {
         self.file.read().is_none()
     }
@@ -134,15 +253,65 @@ impl Generation {
         self.seen_len.load(Ordering::Acquire)
     }
 
-    /// True when `file` starts with the bytes this generation started with: the same
-    /// file, even after msbfs released its descriptor (a reused inode number holds
-    /// other bytes).
-    pub fn same_content(&self, file: &File) -> bool {
-        let fp = self.fingerprint.lock();
-        match read_prefix(file, fp.len()) {
-            Ok(prefix) => prefix == *fp,
-            Err(_) => false,
+    /// Length of the fingerprint recorded so far.
+    pub fn fingerprint_len(&self) -> usize {
+        self.fingerprint.lock().len()
+    }
+
+    /// Takes a longer fingerprint recorded later (the file grew); if the file held
+    /// does not start with it, it is not this generation after all and is released.
+    pub fn refine_fingerprint(&self, fingerprint: &[u8]) {
+        {
+            let mut fp = self.fingerprint.lock();
+            if fingerprint.len() <= fp.len() {
+                return;
+            }
+            *fp = fingerprint.to_vec();
         }
+        if let Some(file) = self.file() {
+            if !self.is_file(&file) {
+                self.release();
+            }
+        }
+    }
+
+    /// Records that at least `len` bytes of it were seen (a restart knows where ingest
+    /// stood), so a later, shorter file is recognised as truncated.
+    pub fn note_seen(&self, len: u64) {
+        self.seen_len.fetch_max(len, Ordering::AcqRel);
+    }
+
+    /// Adds `n` generations rotated away unseen just before this one.
+    pub fn add_lost_before(&self, n: u64) {
+        self.lost_before.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes the count of generations lost before this one (the reader announces
+    /// them once).
+    pub fn take_lost_before(&self) -> u64 {
+        self.lost_before.swap(0, Ordering::AcqRel)
+    }
+
+    /// Adds `n` generations rotated away unseen right after this one.
+    pub fn add_lost_after(&self, n: u64) {
+        self.lost_after.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes the count of generations lost after this one (announced once it has
+    /// been read to its end).
+    pub fn take_lost_after(&self) -> u64 {
+        self.lost_after.swap(0, Ordering::AcqRel)
+    }
+
+    /// True when `file` is this generation: the same identity, starting with the bytes
+    /// it started with.
+    pub fn is_file(&self, file: &File) -> bool {
+        let Ok(identity) = FileIdentity::of_file(file) else { return false };
+        if !self.identity.same_as(&identity) {
+            return false;
+        }
+        let fp = self.fingerprint.lock();
+        read_prefix(file, fp.len()).is_ok_and(|prefix| prefix == *fp)
     }
 
     /// Records the current size and checks that the leading bytes are still the ones
@@ -178,85 +347,132 @@ fn read_prefix(file: &File, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The generations of one source, oldest first. Shared by ingest (which appends and
-/// seals) and by every replay (which reads).
+/// The generations of one source that ingest may still need, oldest first. Shared by
+/// ingest (which appends, seals and prunes) and by replays (which read).
 #[derive(Debug, Default)]
 pub struct Chain {
-    gens: RwLock<Vec<Arc<Generation>>>,
+    gens: RwLock<VecDeque<Arc<Generation>>>,
+    /// Sequence number of the first generation held (earlier ones were pruned).
+    first_seq: AtomicU64,
 }
 
 impl Chain {
-    /// Generation `seq`, if it exists.
+    /// A chain whose next generation gets sequence number `next_seq`.
+    pub fn starting_at(next_seq: u32) -> Chain {
+        Chain { gens: RwLock::default(), first_seq: AtomicU64::new(u64::from(next_seq)) }
+    }
+
+    /// Generation `seq`, if held.
     pub fn get(&self, seq: u32) -> Option<Arc<Generation>> {
-        self.gens.read().get(seq as usize).cloned()
+        let first = self.first_seq.load(Ordering::Acquire);
+        let index = u64::from(seq).checked_sub(first)?;
+        self.gens.read().get(index as usize).cloned()
     }
 
     /// The newest generation.
     pub fn last(&self) -> Option<Arc<Generation>> {
-        self.gens.read().last().cloned()
+        self.gens.read().back().cloned()
     }
 
-    /// Number of generations ever seen.
-    pub fn len(&self) -> u32 {
-        self.gens.read().len() as u32
-    }
-
-    /// True before the first generation appears.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Sequence number the next generation gets.
+    pub fn next_seq(&self) -> u32 {
+        let gens = self.gens.read();
+        (self.first_seq.load(Ordering::Acquire) + gens.len() as u64) as u32
     }
 
     /// Appends a live generation reading through `file`; returns it.
-    pub fn push(&self, id: FileId, birth_ms: i64, file: Arc<File>) -> Arc<Generation> {
-        let mut gens = self.gens.write();
-        let gen = Arc::new(Generation::new(gens.len() as u32, id, birth_ms, file));
-        gens.push(gen.clone());
+    pub fn push(&self, identity: FileIdentity, birth_ms: i64, file: Arc<File>) -> Arc<Generation> {
+        let gen = Arc::new(Generation::new(identity, birth_ms, Some(file)));
+        self.adopt(gen.clone());
         gen
     }
 
-    /// Every generation, oldest first.
+    /// Appends a generation: a new one gets the next sequence number; one restored
+    /// from the journal keeps its own (an empty chain starts at it).
+    pub fn adopt(&self, gen: Arc<Generation>) {
+        let mut gens = self.gens.write();
+        let next = (self.first_seq.load(Ordering::Acquire) + gens.len() as u64) as u32;
+        match gen.seq() {
+            UNASSIGNED => gen.seq.store(next, Ordering::Release),
+            seq if gens.is_empty() => self.first_seq.store(u64::from(seq), Ordering::Release),
+            seq => debug_assert_eq!(seq, next),
+        }
+        gens.push_back(gen);
+    }
+
+    /// Every generation held, oldest first.
     pub fn all(&self) -> Vec<Arc<Generation>> {
-        self.gens.read().clone()
+        self.gens.read().iter().cloned().collect()
+    }
+
+    /// Forgets released generations before `seq` (ingest no longer needs them).
+    pub fn prune_before(&self, seq: u32) {
+        let mut gens = self.gens.write();
+        while gens.front().is_some_and(|g| g.seq() < seq && g.is_released()) {
+            gens.pop_front();
+            self.first_seq.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
 /// Opens `path` for reading only if it is a regular file, without following a symlink
-/// and without blocking on a FIFO. `Ok(None)` when it does not exist or is not regular.
-pub fn open_regular(path: &Path) -> io::Result<Option<(File, std::fs::Metadata)>> {
-    let before = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !before.file_type().is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
+/// and without blocking on a FIFO. `Ok(None)` when it does not exist.
+pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
     {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a symlink"))
+        }
         Err(e) => return Err(e),
     };
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
+    if !file.metadata()?.file_type().is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    Ok(Some((file, meta)))
+    Ok(Some(file))
 }
 
 /// Birth time of an open file in Unix milliseconds: statx btime where the filesystem
 /// records it, else its modification time.
-pub fn birth_time_ms(file: &File, meta: &std::fs::Metadata) -> i64 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: statx writes into the zeroed struct we own; the fd is valid for the call.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    let rc = unsafe { libc::statx(file.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_BTIME, &mut stx) };
-    if rc == 0 && stx.stx_mask & libc::STATX_BTIME != 0 {
-        return stx.stx_btime.tv_sec * 1000 + i64::from(stx.stx_btime.tv_nsec) / 1_000_000;
+pub fn birth_time_ms(file: &File, identity: &FileIdentity) -> i64 {
+    if let Some(ns) = identity.btime_ns {
+        return ns.div_euclid(1_000_000);
     }
-    meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000
+    file.metadata().map_or(0, |m| m.mtime() * 1000 + m.mtime_nsec() / 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_inode_number_is_another_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"one").unwrap();
+        let first = FileIdentity::of_file(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(FileIdentity::of_path(&path).map(|i| i.id), Some(first.id));
+        let mut reused = None;
+        for _ in 0..50 {
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, b"one").unwrap();
+            let now = FileIdentity::of_file(&File::open(&path).unwrap()).unwrap();
+            if now.id == first.id {
+                reused = Some(now);
+                break;
+            }
+        }
+        // Where the filesystem reused the number, something else tells them apart.
+        if let Some(now) = reused {
+            assert!(now.igen.is_some() || now.btime_ns.is_some(), "no way to tell a reused inode apart here");
+            assert!(!now.same_as(&first), "{now:?} vs {first:?}");
+        }
+        assert!(first.same_as(&first));
+        assert!(FileIdentity::of_path(&dir.path().join("missing")).is_none());
+        assert!(FileIdentity::of_path(dir.path()).is_none(), "a directory is not a regular file");
+    }
 }

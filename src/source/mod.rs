@@ -1,142 +1,132 @@
 //! One logical log of a sandbox (exec, runtime or kernel): its generation chain
 //! `X`, `X.1` … `X.4`, rotation and truncation detection, and the ingest cursor.
 //!
-//! Knows nothing about merging or FUSE. The chain is shared (read-only) with replays
-//! through [`Source::chain`].
+//! Knows nothing about merging or FUSE. The chain on disk is followed by a
+//! [`tracker::ChainTracker`] (shared with the watcher thread); a [`Source`] adopts the
+//! generations it finds, reads them through [`reader::LineReader`], and releases each
+//! generation's descriptor as soon as ingest has read it to its end: the store, not
+//! held descriptors, keeps history.
 
+pub mod feed;
 pub mod generation;
 pub mod reader;
 pub mod record;
+pub mod tracker;
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
+use std::ops::{Index, IndexMut};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use generation::{birth_time_ms, open_regular, Chain, FileId, Generation, Pos};
-use reader::{LineReader, Next};
+use feed::{Head, SourceFeed, SourceMark};
+use generation::{Chain, FileIdentity, GenRecord, Generation};
+use reader::LineReader;
 pub use record::SourceKind;
+use tracker::{ChainTracker, Place};
 
-/// What a [`Source::refresh`] changed, for logging and for the horizon.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Refresh {
-    /// Generations that appeared (sequence numbers).
-    pub added: Vec<u32>,
-    /// Generations whose files the producer deleted and that ingest has read to their
-    /// end, oldest first: still held, to be released once no reader needs them.
-    pub deleted: Vec<u32>,
-}
+/// One value per source, indexed by [`SourceKind`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerSource<T>(pub [T; 3]);
 
-/// Files opened the moment they appeared at a live-file path (from the watcher's
-/// thread), waiting in creation order for their source to adopt them. A producer that
-/// rotates faster than ingest scans cannot destroy a generation msbfs never held.
-#[derive(Debug, Default)]
-pub struct Arrivals {
-    files: Mutex<HashMap<PathBuf, Vec<(File, std::fs::Metadata)>>>,
-}
-
-impl Arrivals {
-    /// Opens `path` if it names a source's live file (`exec.log`, `runtime.log`,
-    /// `kernel.log`) and is a regular file, and keeps it for its source.
-    pub fn record(&self, path: &Path) {
-        let is_live = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| SourceKind::ALL.iter().any(|k| k.file_name() == n));
-        if !is_live {
-            return;
-        }
-        if let Ok(Some(opened)) = open_regular(path) {
-            self.files.lock().entry(path.to_path_buf()).or_default().push(opened);
-        }
+impl<T> PerSource<T> {
+    /// A value for each source, in merge order.
+    pub fn from_fn(mut f: impl FnMut(SourceKind) -> T) -> PerSource<T> {
+        PerSource(SourceKind::ALL.map(&mut f))
     }
 
-    /// Takes the files that arrived at `path`, oldest first.
-    fn take(&self, path: &Path) -> Vec<(File, std::fs::Metadata)> {
-        self.files.lock().remove(path).unwrap_or_default()
+    /// Each source with its value, in merge order.
+    pub fn iter(&self) -> impl Iterator<Item = (SourceKind, &T)> {
+        SourceKind::ALL.into_iter().zip(self.0.iter())
     }
 
-    /// Puts back files taken from `path` and not used, before any that arrived since.
-    fn restore(&self, path: &Path, mut files: Vec<(File, std::fs::Metadata)>) {
-        if files.is_empty() {
-            return;
-        }
-        let mut all = self.files.lock();
-        let later = all.remove(path).unwrap_or_default();
-        files.extend(later);
-        all.insert(path.to_path_buf(), files);
-    }
-
-    /// Drops whatever arrived under directory `dir` (its sandbox is gone).
-    pub fn forget_dir(&self, dir: &Path) {
-        self.files.lock().retain(|path, _| !path.starts_with(dir));
+    /// Applies `f` to every value.
+    pub fn map<U>(&self, mut f: impl FnMut(SourceKind, &T) -> U) -> PerSource<U> {
+        PerSource::from_fn(|kind| f(kind, &self[kind]))
     }
 }
 
-/// Consistent scans tried before a refresh gives up until the next one.
-const SCAN_ATTEMPTS: usize = 64;
+impl<T> Index<SourceKind> for PerSource<T> {
+    type Output = T;
+    fn index(&self, kind: SourceKind) -> &T {
+        &self.0[kind.index()]
+    }
+}
 
-/// A file found at one path of the chain during a scan.
-struct Found {
-    /// 0 for `X`, k for `X.k`.
-    index: u32,
-    id: FileId,
-    file: Option<(File, std::fs::Metadata)>,
+impl<T> IndexMut<SourceKind> for PerSource<T> {
+    fn index_mut(&mut self, kind: SourceKind) -> &mut T {
+        &mut self.0[kind.index()]
+    }
+}
+
+/// What happened to the chain, for the journal: every generation adopted or sealed
+/// is recorded so a replay or a restart reads exactly what ingest read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainEvent {
+    /// A generation was adopted.
+    Adopted(GenRecord),
+    /// A generation's record changed: it became final (the record says how long it
+    /// is), or its fingerprint grew with the file.
+    Updated(GenRecord),
 }
 
 /// One logical log and the ingest cursor over it.
 #[derive(Debug)]
 pub struct Source {
     kind: SourceKind,
-    dir: PathBuf,
     chain: Arc<Chain>,
     reader: LineReader,
-    warned: HashSet<(PathBuf, Option<FileId>)>,
-    arrivals: Arc<Arrivals>,
+    feed: SourceFeed,
+    tracker: Arc<Mutex<ChainTracker>>,
+    events: Vec<ChainEvent>,
 }
 
 impl Source {
-    /// A source reading `dir/<kind file>` and its rotated siblings; nothing is opened
-    /// until the first [`Source::refresh`].
+    /// A source reading `dir/<kind file>` and its rotated siblings from their first
+    /// generation; nothing is opened until the first [`Source::refresh`].
     pub fn new(kind: SourceKind, dir: &Path) -> Source {
-        Source::with_arrivals(kind, dir, Arc::default())
+        let chain = Arc::new(Chain::starting_at(0));
+        let tracker = ChainTracker::new(kind, dir, Vec::new());
+        Source::assemble(kind, chain, SourceMark::START, tracker)
     }
 
-    /// Like [`Source::new`], also adopting files the watcher opened on arrival.
-    pub fn with_arrivals(kind: SourceKind, dir: &Path, arrivals: Arc<Arrivals>) -> Source {
-        let chain = Arc::new(Chain::default());
+    /// A source resuming at `mark` over generations restored from the journal (files
+    /// found again by identity, or released), continuing with sequence number
+    /// `next_seq`. Generations before the mark were read already: they are only
+    /// recognised when found on disk again.
+    pub fn restored(
+        kind: SourceKind,
+        dir: &Path,
+        gens: Vec<Arc<Generation>>,
+        mark: SourceMark,
+        next_seq: u32,
+    ) -> Source {
+        let chain = Arc::new(Chain::starting_at(next_seq));
+        for gen in gens.iter().filter(|g| g.seq() >= mark.pos.gen) {
+            if gen.seq() == mark.pos.gen {
+                gen.note_seen(mark.pos.off);
+            }
+            chain.adopt(gen.clone());
+        }
+        for gen in gens.iter().filter(|g| g.seq() < mark.pos.gen) {
+            gen.release();
+        }
+        let tracker = ChainTracker::new(kind, dir, gens);
+        Source::assemble(kind, chain, mark, tracker)
+    }
+
+    fn assemble(kind: SourceKind, chain: Arc<Chain>, mark: SourceMark, tracker: ChainTracker) -> Source {
         Source {
             kind,
-            dir: dir.to_path_buf(),
-            reader: LineReader::new(chain.clone(), Pos::default()),
+            reader: LineReader::new(chain.clone(), mark.pos),
+            feed: SourceFeed::new(kind, mark),
             chain,
-            warned: HashSet::new(),
-            arrivals,
+            tracker: Arc::new(Mutex::new(tracker)),
+            events: Vec::new(),
         }
-    }
-
-    /// Seals the live generation (the producer moved on) and appends `file` as the
-    /// new live one.
-    fn push_generation(&mut self, file: File, meta: &std::fs::Metadata, report: &mut Refresh) {
-        if let Some(prev) = self.chain.last().filter(|g| g.sealed_len().is_none()) {
-            let len = prev.file().and_then(|f| f.metadata().ok()).map_or(prev.seen_len(), |m| m.len());
-            prev.seal(len, self.kind.rotated_siblings() > 0);
-        }
-        let birth = birth_time_ms(&file, meta);
-        let gen = self.chain.push(FileId::of(meta), birth, Arc::new(file));
-        tracing::debug!(
-            file = self.kind.file_name(),
-            seq = gen.seq,
-            ino = gen.id.ino,
-            len = meta.len(),
-            "new generation"
-        );
-        gen.observe(&gen.file().expect("just opened"), meta.len());
-        report.added.push(gen.seq);
     }
 
     /// Which log this is.
@@ -149,196 +139,173 @@ impl Source {
         &self.chain
     }
 
-    /// Position of the first line ingest has not taken yet.
-    pub fn pos(&self) -> Pos {
-        self.reader.pos()
+    /// The tracker of the chain on disk (the watcher thread takes snapshots with it).
+    pub fn tracker(&self) -> &Arc<Mutex<ChainTracker>> {
+        &self.tracker
     }
 
-    /// The next complete line (or gap) after the ingest cursor.
-    pub fn next_line(&mut self) -> io::Result<Next<'_>> {
-        self.reader.next_line()
+    /// Where ingest stands: the start of the first step not taken, and the parse state.
+    pub fn mark(&self) -> SourceMark {
+        self.feed.mark()
     }
 
-    fn path(&self, index: u32) -> PathBuf {
-        let name = self.kind.file_name();
-        if index == 0 {
-            self.dir.join(name)
-        } else {
-            self.dir.join(format!("{name}.{index}"))
-        }
+    /// The next step (loaded once, until taken); `None` when nothing new is complete.
+    pub fn peek(&mut self) -> io::Result<Option<&Head>> {
+        self.feed.peek(&mut self.reader, &self.chain)
     }
 
-    fn warn_once(&mut self, path: &Path, id: Option<FileId>, what: &str) {
-        if self.warned.insert((path.to_path_buf(), id)) {
-            tracing::warn!(path = %path.display(), "{what}; skipped");
-        }
+    /// Takes the loaded step.
+    pub fn take(&mut self) -> Option<Head> {
+        self.feed.take()
     }
 
-    /// `lstat` of every chain path, newest first: `(index, id)` of regular files.
-    fn stat_paths(&mut self) -> Vec<(u32, FileId)> {
-        let mut out = Vec::new();
-        for index in 0..=self.kind.rotated_siblings() {
-            let path = self.path(index);
-            match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.file_type().is_file() => out.push((index, FileId::of(&meta))),
-                Ok(meta) => {
-                    let id = Some(FileId::of(&meta));
-                    self.warn_once(&path, id, "not a regular file (symlink, FIFO or device)");
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), "cannot stat: {e}"),
+    /// Inode number of the file holding the ingest position (0 before any).
+    pub fn cursor_generation(&self) -> u64 {
+        self.chain.get(self.mark().pos.gen).map_or(0, |g| g.identity.id.ino)
+    }
+
+    /// What happened to the chain since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<ChainEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Records of every generation whose file may still be on disk, oldest first: the
+    /// ones from the ingest position on, to read, and the ones read already, to
+    /// recognise. A checkpoint carries them, so it can be resumed from without the
+    /// journal before it.
+    pub fn records_known(&self) -> Vec<GenRecord> {
+        let from = self.mark().pos.gen;
+        let mut gens: Vec<Arc<Generation>> = self.tracker.lock().known();
+        gens.extend(self.chain.all().into_iter().filter(|g| g.seq() >= from));
+        let mut records: Vec<GenRecord> =
+            gens.iter().map(|g| g.record()).filter(|r| r.seq < self.chain.next_seq()).collect();
+        records.sort_by_key(|r| r.seq);
+        records.dedup_by_key(|r| r.seq);
+        records
+    }
+
+    /// Sequence number the next generation gets.
+    pub fn next_seq(&self) -> u32 {
+        self.chain.next_seq()
+    }
+
+    /// Brings the chain up to date: with `scan`, takes a snapshot of the files on disk
+    /// first (the watcher does this after every change it sees; the fallback poll asks
+    /// for it). Adopts new generations, detects truncation of the live one, and
+    /// releases generations ingest has read to their end.
+    pub fn refresh(&mut self, scan: bool) {
+        let arrivals = {
+            let mut tracker = self.tracker.lock();
+            if scan {
+                tracker.snapshot();
             }
-        }
-        out
-    }
-
-    /// A consistent picture of the chain paths: the files found, newest first, with
-    /// new (not yet held) ones opened. Retried while a rotation moves files under it.
-    fn scan(&mut self, held: &HashSet<FileId>) -> Option<Vec<Found>> {
-        let mut found = Vec::new();
-        for _attempt in 0..SCAN_ATTEMPTS {
-            let before = self.stat_paths();
-            found.clear();
-            let mut consistent = true;
-            for &(index, id) in &before {
-                if held.contains(&id) {
-                    found.push(Found { index, id, file: None });
-                    continue;
-                }
-                let path = self.path(index);
-                match open_regular(&path) {
-                    Ok(Some((file, meta))) if FileId::of(&meta) == id => {
-                        found.push(Found { index, id, file: Some((file, meta)) })
-                    }
-                    Ok(_) => consistent = false,
-                    Err(e) => {
-                        self.warn_once(&path, Some(id), &format!("cannot open: {e}"));
-                    }
-                }
-            }
-            if consistent && self.stat_paths() == before {
-                return Some(found);
-            }
-        }
-        // Acting on an inconsistent picture could order generations wrongly; the
-        // next refresh tries again (arrivals keep new files open meanwhile).
-        tracing::debug!(file = self.kind.file_name(), "chain kept moving during the scan");
-        None
-    }
-
-    /// Brings the chain up to date with the files on disk: detects rotation (the live
-    /// file renamed into the chain), replacement and truncation, opens new generations
-    /// and releases deleted ones ingest no longer needs.
-    pub fn refresh(&mut self) -> Refresh {
-        let mut report = Refresh::default();
-        // Taken before the scan: an arrival the scan does not find was rotated out of
-        // the chain before it, so it is older than every file the scan finds.
-        let path = self.path(0);
-        let arrived = self.arrivals.take(&path);
-        let gens = self.chain.all();
-        let held: HashSet<FileId> = gens.iter().filter(|g| !g.is_released()).map(|g| g.id).collect();
-        let Some(found) = self.scan(&held) else {
-            self.arrivals.restore(&path, arrived);
-            self.find_deleted(&mut report);
-            return report;
+            tracker.take_arrivals()
         };
-        if let Some(live) = gens.last().filter(|g| g.sealed_len().is_none()) {
-            self.check_live(live, &found, &mut report);
-        }
-        let scanned_ids: HashSet<FileId> = found.iter().map(|f| f.id).collect();
-        // The unheld files the scan found newer than the newest held one, oldest first.
-        let newest_held = found.iter().filter(|f| f.file.is_none()).map(|f| f.index).min();
-        let mut scanned: Vec<Found> =
-            found.into_iter().filter(|f| f.file.is_some() && newest_held.is_none_or(|h| f.index < h)).collect();
-        scanned.sort_by_key(|f| std::cmp::Reverse(f.index));
-        let mut scanned = std::collections::VecDeque::from(scanned);
-        // Arrivals are in creation order: one the scan also found anchors the scanned
-        // files up to it; one it did not find (rotated out already) goes in its place.
-        let mut fresh: Vec<(File, std::fs::Metadata)> = Vec::new();
-        let mut taken: HashSet<FileId> = HashSet::new();
-        for (file, meta) in arrived {
-            let id = FileId::of(&meta);
-            // The watcher may open the same file several times (create, then renames
-            // next to it); and an arrival can wait in the queue longer than its
-            // generation lives (read and released already).
-            let known = gens.iter().any(|g| g.id == id && (!g.is_released() || g.same_content(&file)));
-            if known || !taken.insert(id) {
-                continue;
+        // The live generation first: a truncation in place makes a generation that
+        // comes before anything found since.
+        self.check_live();
+        for gen in arrivals {
+            self.seal_live();
+            if let Some(file) = gen.file() {
+                if let Ok(meta) = file.metadata() {
+                    gen.observe(&file, meta.len());
+                }
             }
-            match scanned.iter().position(|f| f.id == id) {
-                Some(at) => fresh.extend(scanned.drain(..=at).filter_map(|f| f.file)),
-                None if scanned_ids.contains(&id) => {}
-                None => fresh.push((file, meta)),
-            }
+            self.chain.adopt(gen.clone());
+            tracing::debug!(file = self.kind.file_name(), seq = gen.seq(), ino = gen.identity.id.ino, "new generation");
+            self.events.push(ChainEvent::Adopted(gen.record()));
         }
-        fresh.extend(scanned.into_iter().filter_map(|f| f.file));
-        // Each push seals the one before it: the producer has moved on from it.
-        for (file, meta) in fresh {
-            self.push_generation(file, &meta, &mut report);
-        }
-        self.find_deleted(&mut report);
-        report
+        self.release_consumed();
     }
 
-    /// Checks the live generation against what the paths now show.
-    fn check_live(&mut self, live: &Arc<Generation>, found: &[Found], report: &mut Refresh) {
+    /// Seals the live generation (the producer moved on to a newer one). A trailing
+    /// partial line continues in the next generation only when it was rotated (renamed
+    /// into the chain), not when it was deleted or replaced.
+    fn seal_live(&mut self) {
+        let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none()) else { return };
+        let len = live.file().and_then(|f| f.metadata().ok()).map_or(live.seen_len(), |m| m.len());
+        let rotated = matches!(self.tracker.lock().place_of(&live), Some(Place::At(k)) if k > 0);
+        live.seal(len, rotated && self.kind.rotated_siblings() > 0);
+        self.events.push(ChainEvent::Updated(live.record()));
+    }
+
+    /// Checks the live generation: growth, truncation in place, rotation or deletion.
+    fn check_live(&mut self) {
+        let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none()) else { return };
         let Some(file) = live.file() else { return };
         let Ok(meta) = file.metadata() else { return };
-        let mut live = live.clone();
+        let fingerprint_len = live.fingerprint_len();
         if !live.observe(&file, meta.len()) {
             // Truncated or rewritten in place (copytruncate), whatever its name is now:
-            // the old content is gone; the same descriptor reads a new generation.
-            // It was born at the truncation; the modification time is the closest
-            // record of that (the inode's birth time belongs to the old content).
+            // the old content is gone; the same descriptor reads a new generation,
+            // born at the truncation (its modification time is the closest record).
             tracing::info!(file = self.kind.file_name(), "truncated in place; new generation");
             live.seal(live.seen_len(), false);
             live.release();
+            self.events.push(ChainEvent::Updated(live.record()));
             let truncated_ms = meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000;
-            live = self.chain.push(live.id, truncated_ms, file.clone());
-            live.observe(&file, meta.len());
-            report.added.push(live.seq);
+            let identity = FileIdentity::of_file(&file).unwrap_or(live.identity);
+            let gen = Arc::new(Generation::new(identity, truncated_ms, Some(file.clone())));
+            gen.observe(&file, meta.len());
+            self.chain.adopt(gen.clone());
+            self.tracker.lock().adopt(gen.clone());
+            self.events.push(ChainEvent::Adopted(gen.record()));
+            return;
         }
-        match found.iter().find(|f| f.id == live.id) {
-            Some(f) if f.index == 0 => {}
-            // Renamed into the chain: rotation. The producer writes no more to it.
-            Some(f) => {
-                tracing::debug!(
-                    file = self.kind.file_name(),
-                    seq = live.seq,
-                    index = f.index,
-                    len = meta.len(),
-                    "rotated"
-                );
-                live.seal(meta.len(), true)
+        if live.fingerprint_len() > fingerprint_len {
+            // A restart must recognise the file by more than its first bytes seen empty.
+            self.events.push(ChainEvent::Updated(live.record()));
+        }
+        let place = self.tracker.lock().place_of(&live);
+        // Its size read after its place: once renamed or deleted the producer writes no
+        // more to it, so only a size read after that is final.
+        let Ok(meta) = file.metadata() else { return };
+        match place {
+            Some(Place::At(0)) | None => {}
+            // Renamed into the chain: rotation.
+            Some(Place::At(_)) => {
+                live.seal(meta.len(), self.kind.rotated_siblings() > 0);
+                self.events.push(ChainEvent::Updated(live.record()));
             }
-            None if meta.nlink() == 0 || found.iter().any(|f| f.index == 0) => {
-                // Deleted, or replaced by a file that is not a rotation of it.
+            // Deleted, or replaced by a file that is not a rotation of it.
+            Some(Place::Gone) if meta.nlink() == 0 => {
                 live.seal(meta.len(), false);
+                self.events.push(ChainEvent::Updated(live.record()));
             }
-            None => {}
+            Some(Place::Gone) => {}
         }
     }
 
-    /// Lists generations that the producer deleted and ingest has read past.
-    fn find_deleted(&mut self, report: &mut Refresh) {
-        let reading = self.reader.pos().gen;
+    /// Closes the descriptors of generations the ingest position has moved past.
+    fn release_consumed(&mut self) {
+        let reading = self.mark().pos.gen;
         for gen in self.chain.all() {
-            if gen.seq >= reading || gen.is_released() {
-                continue;
-            }
-            let deleted = gen.file().and_then(|f| f.metadata().ok()).is_none_or(|m| m.nlink() == 0);
-            if deleted {
-                report.deleted.push(gen.seq);
+            if gen.seq() < reading && !gen.is_released() {
+                gen.release();
             }
         }
+        self.chain.prune_before(reading);
     }
+}
 
-    /// Closes generation `seq` (its bytes can no longer be rendered).
-    pub fn release(&self, seq: u32) {
-        if let Some(gen) = self.chain.get(seq) {
-            gen.release();
+/// Finds the file of a recorded generation among `dir`'s chain paths by identity and
+/// first bytes; `None` when it is no longer there.
+pub fn find_generation(kind: SourceKind, dir: &Path, rec: &GenRecord) -> Option<File> {
+    let probe = Generation::from_record(rec, None);
+    for index in 0..=kind.rotated_siblings() {
+        let name = kind.file_name();
+        let path = if index == 0 { dir.join(name) } else { dir.join(format!("{name}.{index}")) };
+        let Some(found) = FileIdentity::of_path(&path) else { continue };
+        if !found.same_as(&rec.identity) {
+            continue;
+        }
+        if let Ok(Some(file)) = generation::open_regular(&path) {
+            if probe.is_file(&file) {
+                return Some(file);
+            }
         }
     }
+    None
 }
 
 #[cfg(test)]

@@ -34,6 +34,12 @@ pub enum Next<'a> {
         /// How many bytes were lost (at least).
         bytes: u64,
     },
+    /// Whole generations were rotated away before msbfs could open them, just before
+    /// the one the reader now starts (or right after the one it just finished).
+    Lost {
+        /// How many (at least).
+        generations: u64,
+    },
     /// Nothing more is complete yet.
     Pending,
 }
@@ -62,6 +68,8 @@ pub struct LineReader {
     consume_to: Pos,
     /// Length skipped so far of an over-long line (its head stays in `buf`).
     skipped: Option<u64>,
+    /// The generation whose lost predecessors were last checked for.
+    announced: Option<u32>,
 }
 
 impl LineReader {
@@ -78,6 +86,7 @@ impl LineReader {
             consume: 0,
             consume_to: pos,
             skipped: None,
+            announced: None,
         }
     }
 
@@ -133,8 +142,9 @@ impl LineReader {
     }
 
     /// Moves to the start of the generation after the current one, dropping anything
-    /// buffered; used when a generation's remaining bytes are lost.
-    fn skip_to_next_generation(&mut self) {
+    /// buffered; used when a generation's remaining bytes are lost (and by replay,
+    /// which repeats the gaps ingest recorded).
+    pub fn skip_to_next_generation(&mut self) {
         self.apply_consume();
         let gen = self.next.gen + 1;
         self.reset_at(Pos { gen, off: 0 });
@@ -175,6 +185,13 @@ impl LineReader {
             let Some(gen) = self.chain.get(self.next.gen) else {
                 return Ok(Next::Pending);
             };
+            if self.next.off == 0 && self.buf.is_empty() && self.announced != Some(gen.seq()) {
+                self.announced = Some(gen.seq());
+                let generations = gen.take_lost_before();
+                if generations > 0 {
+                    return Ok(Next::Lost { generations });
+                }
+            }
             let old_len = self.buf.len();
             self.buf.resize(old_len + READ_CHUNK, 0);
             let read = gen.read_at(&mut self.buf[old_len..], self.next.off);
@@ -213,6 +230,10 @@ impl LineReader {
             }
             let has_next = self.chain.get(self.next.gen + 1).is_some();
             if self.buf.is_empty() {
+                let generations = gen.take_lost_after();
+                if generations > 0 {
+                    return Ok(Next::Lost { generations });
+                }
                 if !has_next {
                     return Ok(Next::Pending);
                 }

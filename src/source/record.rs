@@ -148,6 +148,46 @@ impl Record {
     }
 }
 
+/// The notice for `bytes` unread bytes of `source` that vanished.
+pub fn gap_notice(source: SourceKind, bytes: u64, state: &SourceState) -> Record {
+    Record::notice(
+        state.fallback_ts(),
+        format!("{bytes} bytes of {} were lost before msbfs could read them", source.file_name()),
+    )
+}
+
+/// The notice for `generations` whole generations of `source` rotated away before
+/// msbfs could open them (a lower bound).
+pub fn lost_notice(source: SourceKind, generations: u64, state: &SourceState) -> Record {
+    let what = if generations == 1 { "generation".to_string() } else { "generations".to_string() };
+    Record::notice(
+        state.fallback_ts(),
+        format!(
+            "at least {generations} {what} of {} were rotated away before msbfs could open them",
+            source.file_name()
+        ),
+    )
+}
+
+/// The notice for what `source`'s producer wrote and rotated away while msbfs was not
+/// running (`bytes` when known).
+pub fn missed_notice(source: SourceKind, bytes: Option<u64>, state: &SourceState) -> Record {
+    let text = match bytes {
+        Some(n) => format!("{}: {n} bytes written while msbfs was not running were rotated away", source.file_name()),
+        None => format!("{}: bytes written while msbfs was not running were rotated away", source.file_name()),
+    };
+    Record::notice(state.fallback_ts(), text)
+}
+
+/// The notice for line fragments of exec streams that were held when msbfs stopped
+/// and could not be rebuilt after it restarted.
+pub fn fragments_lost_notice(state: &SourceState) -> Record {
+    Record::notice(
+        state.fallback_ts(),
+        "partial exec.log lines held when msbfs stopped could not be rebuilt; their first part is missing".into(),
+    )
+}
+
 /// What the line reader hands to the parser.
 #[derive(Clone, Copy, Debug)]
 pub enum RawLine<'a> {

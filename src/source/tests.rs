@@ -1,11 +1,15 @@
 //! Unit tests of the source layer: the line reader over a generation chain and
 //! `Source::refresh` against a real directory (rotation, truncation, replacement,
-//! FIFOs, symlinks, inode reuse).
+//! FIFOs, symlinks, inode reuse, generations lost unseen, descriptors released).
 
 use super::*;
+use crate::source::feed::Step;
+use crate::source::generation::{open_regular, FileId, Pos};
+use crate::source::reader::Next;
 use crate::source::record::RawLine;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// An owned copy of what the reader returned.
@@ -14,6 +18,7 @@ enum Got {
     Line(Vec<u8>, Pos, Pos),
     TooLong { len: u64, head: Vec<u8>, start: Pos, end: Pos },
     Gap(u64),
+    Lost(u64),
     Pending,
 }
 
@@ -22,6 +27,7 @@ fn own(next: Next<'_>) -> Got {
         Next::Line(RawLine::Complete(b), s, e) => Got::Line(b.to_vec(), s, e),
         Next::Line(RawLine::TooLong { len, head }, start, end) => Got::TooLong { len, head: head.to_vec(), start, end },
         Next::Gap { bytes } => Got::Gap(bytes),
+        Next::Lost { generations } => Got::Lost(generations),
         Next::Pending => Got::Pending,
     }
 }
@@ -42,8 +48,7 @@ fn append(path: &Path, bytes: &[u8]) {
 /// Pushes a generation reading `path` onto `chain`.
 fn push_gen(chain: &Chain, path: &Path) -> Arc<Generation> {
     let file = File::open(path).unwrap();
-    let meta = file.metadata().unwrap();
-    chain.push(FileId::of(&meta), 0, Arc::new(file))
+    chain.push(FileIdentity::of_file(&file).unwrap(), 0, Arc::new(file))
 }
 
 fn read_reader(r: &mut LineReader) -> Vec<Got> {
@@ -57,15 +62,19 @@ fn read_reader(r: &mut LineReader) -> Vec<Got> {
     }
 }
 
-fn read_source(s: &mut Source) -> Vec<Got> {
+/// Every step ingest could take now: a line's text, or a gap or loss notice.
+fn read_source(s: &mut Source) -> Vec<String> {
     let mut out = Vec::new();
-    loop {
-        match own(s.next_line().unwrap()) {
-            Got::Pending => return out,
-            g => out.push(g),
-        }
+    while s.peek().unwrap().is_some() {
+        let head = s.take().unwrap();
+        out.push(match head.step {
+            Step::Record(r) => String::from_utf8_lossy(&r.text).into_owned(),
+            Step::Gap { bytes, .. } => format!("<gap {bytes}>"),
+            Step::Lost { generations, .. } => format!("<lost {generations}>"),
+        });
         assert!(out.len() < 100_000, "source does not stop");
     }
+    out
 }
 
 fn texts(got: &[Got]) -> Vec<String> {
@@ -85,7 +94,7 @@ fn reader_returns_complete_lines_only_at_a_live_end() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a");
     append(&p, b"one\ntw");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     push_gen(&chain, &p);
     let mut r = LineReader::new(chain.clone(), Pos::default());
     assert_eq!(read_reader(&mut r), [line("one", pos(0, 0), pos(0, 4))]);
@@ -113,7 +122,7 @@ fn reader_handles_a_newline_split_across_reads() {
         content.push(b'\n');
     }
     append(&p, &content);
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     push_gen(&chain, &p);
     let mut r = LineReader::new(chain, Pos::default());
     let got = read_reader(&mut r);
@@ -138,7 +147,7 @@ fn reader_joins_a_partial_tail_with_the_next_generation() {
     let dir = tempfile::tempdir().unwrap();
     let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
     append(&p0, b"x\npart");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     let g0 = push_gen(&chain, &p0);
     let mut r = LineReader::new(chain.clone(), Pos::default());
     assert_eq!(read_reader(&mut r), [line("x", pos(0, 0), pos(0, 2))]);
@@ -166,7 +175,7 @@ fn reader_without_joins_next_renders_the_partial_as_its_own_line() {
     let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
     append(&p0, b"x\npart");
     append(&p1, b"ial\n");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     push_gen(&chain, &p0).seal(6, false);
     push_gen(&chain, &p1);
     let mut r = LineReader::new(chain, Pos::default());
@@ -184,7 +193,7 @@ fn reader_partial_of_a_sealed_generation_without_successor_is_emitted_once() {
     let dir = tempfile::tempdir().unwrap();
     let p0 = dir.path().join("g0");
     append(&p0, b"x\nlast");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     push_gen(&chain, &p0).seal(6, false);
     let mut r = LineReader::new(chain.clone(), Pos::default());
     let got = read_reader(&mut r);
@@ -202,7 +211,7 @@ fn reader_reports_a_gap_for_a_released_generation() {
     let (p0, p1) = (dir.path().join("g0"), dir.path().join("g1"));
     append(&p0, b"aaa\nbbb\n");
     append(&p1, b"c\n");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     let g0 = push_gen(&chain, &p0);
     g0.seal(8, true);
     push_gen(&chain, &p1);
@@ -222,7 +231,7 @@ fn reader_gap_counts_exactly_the_unread_bytes() {
     }
     append(&p0, &content);
     append(&p1, b"next\n");
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     let g0 = push_gen(&chain, &p0);
     g0.seal(content.len() as u64, true);
     push_gen(&chain, &p1);
@@ -265,7 +274,7 @@ fn reader_skips_a_line_longer_than_the_limit_and_continues() {
         }
         f.write_all(b"\nnext\n").unwrap();
     }
-    let chain = Arc::new(Chain::default());
+    let chain = Arc::new(Chain::starting_at(0));
     push_gen(&chain, &p);
     let mut r = LineReader::new(chain.clone(), Pos::default());
     let got = read_reader(&mut r);
@@ -334,50 +343,62 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i}")).collect()
 }
 
+fn adopted(events: &[ChainEvent]) -> Vec<u32> {
+    events.iter().filter_map(|e| if let ChainEvent::Adopted(r) = e { Some(r.seq) } else { None }).collect()
+}
+
+/// `runtime.log` text passes through the parser unchanged, so these tests use it for
+/// rotation (it rotates like `exec.log`).
+const ROT: SourceKind = SourceKind::Runtime;
+
 #[test]
 fn refresh_discovers_the_chain_oldest_first() {
     let d = Dir::new();
-    d.append("exec.log.2", &lines_of("two", 3));
-    d.append("exec.log.1", &lines_of("one", 2));
-    d.append("exec.log", &lines_of("live", 2));
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    assert_eq!(read_source(&mut s), [], "nothing is opened before refresh");
-    let report = s.refresh();
-    assert_eq!(report, Refresh { added: vec![0, 1, 2], deleted: vec![] });
+    d.append("runtime.log.2", &lines_of("two", 3));
+    d.append("runtime.log.1", &lines_of("one", 2));
+    d.append("runtime.log", &lines_of("live", 2));
+    let mut s = Source::new(ROT, &d.path);
+    assert!(read_source(&mut s).is_empty(), "nothing is opened before refresh");
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [0, 1, 2]);
     let gens = s.chain().all();
-    assert_eq!(gens.len(), 3);
     assert!(gens[0].sealed_len().is_some() && gens[0].joins_next());
     assert!(gens[1].sealed_len().is_some() && gens[1].joins_next());
     assert_eq!(gens[2].sealed_len(), None, "the live file is not sealed");
-    let got = read_source(&mut s);
     let want: Vec<String> = [names("two", 3), names("one", 2), names("live", 2)].concat();
-    assert_eq!(texts(&got), want);
-    // A second refresh with nothing changed adds nothing.
-    assert_eq!(s.refresh(), Refresh::default());
-    assert_eq!(read_source(&mut s), []);
+    assert_eq!(read_source(&mut s), want);
+    // Once read, the rotated generations' descriptors are released and forgotten.
+    s.refresh(true);
+    assert!(s.take_events().is_empty(), "nothing new");
+    assert_eq!(s.chain().all().iter().map(|g| g.seq()).collect::<Vec<_>>(), [2]);
+    assert!(read_source(&mut s).is_empty());
 }
 
 #[test]
-fn rotation_reads_the_old_generation_through_its_descriptor() {
+fn rotation_reads_the_old_generation_through_its_descriptor_then_releases_it() {
     let d = Dir::new();
-    for (name, tag) in [("exec.log.4", "g4"), ("exec.log.3", "g3"), ("exec.log.2", "g2"), ("exec.log.1", "g1")] {
+    for (name, tag) in
+        [("runtime.log.4", "g4"), ("runtime.log.3", "g3"), ("runtime.log.2", "g2"), ("runtime.log.1", "g1")]
+    {
         d.append(name, &lines_of(tag, 3));
     }
-    d.append("exec.log", &lines_of("live", 3));
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    assert_eq!(s.refresh().added, vec![0, 1, 2, 3, 4]);
-    assert_eq!(texts(&[own(s.next_line().unwrap())]), ["g4 0"]);
+    d.append("runtime.log", &lines_of("live", 3));
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [0, 1, 2, 3, 4]);
+    let oldest = s.chain().get(0).unwrap();
+    assert_eq!(s.peek().unwrap().map(|h| h.step.record().text.clone()), Some(b"g4 0".to_vec()));
+    s.take();
     // The producer writes more, then rotates: the old X.4 (which msbfs is reading) is
     // destroyed by the rename of X.3 onto it.
-    d.append("exec.log", &lines_of("more", 2));
-    d.rename_chain("exec.log");
-    d.append("exec.log", &lines_of("new", 2));
-    let report = s.refresh();
-    assert_eq!(report.added, vec![5]);
-    assert!(report.deleted.is_empty(), "the generation being read is still needed: {report:?}");
+    d.append("runtime.log", &lines_of("more", 2));
+    d.rename_chain("runtime.log");
+    d.append("runtime.log", &lines_of("new", 2));
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [5]);
+    assert!(!oldest.is_released(), "the generation being read is still held");
     let old_live = s.chain().get(4).unwrap();
     assert!(old_live.sealed_len().is_some() && old_live.joins_next());
-    let got = read_source(&mut s);
     let want: Vec<String> = [
         names("g4", 3)[1..].to_vec(),
         names("g3", 3),
@@ -388,54 +409,28 @@ fn rotation_reads_the_old_generation_through_its_descriptor() {
         names("new", 2),
     ]
     .concat();
-    assert_eq!(texts(&got), want);
-    // Now that ingest is past it, the destroyed generation is reported, and released
-    // on request.
-    let report = s.refresh();
-    assert_eq!(report.deleted, vec![0]);
-    assert!(!s.chain().get(0).unwrap().is_released(), "held until released");
-    s.release(0);
-    assert!(s.chain().get(0).unwrap().is_released());
-    assert_eq!(s.refresh().deleted, Vec::<u32>::new(), "a released generation is not reported again");
-    assert!(!s.chain().get(1).unwrap().is_released());
-    assert_eq!(read_source(&mut s), []);
+    assert_eq!(read_source(&mut s), want);
+    s.refresh(true);
+    assert!(oldest.is_released() && old_live.is_released(), "read to their end: released");
+    assert_eq!(s.chain().all().len(), 1, "only the live generation is held");
 }
 
 #[test]
 fn the_moment_without_a_live_file_loses_nothing() {
     let d = Dir::new();
     d.append("runtime.log", b"L1\npart");
-    let mut s = Source::new(SourceKind::Runtime, &d.path);
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), ["L1"]);
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), ["L1"]);
     d.append("runtime.log", b"ial-head");
     d.rename_chain("runtime.log");
     // runtime.log does not exist now.
-    assert_eq!(s.refresh(), Refresh::default());
-    assert_eq!(read_source(&mut s), [], "waits for the continuation");
-    assert_eq!(s.refresh(), Refresh::default());
+    s.refresh(true);
+    assert!(read_source(&mut s).is_empty(), "waits for the continuation");
     d.append("runtime.log", b"-tail\nL3\n");
-    assert_eq!(s.refresh().added, vec![1]);
-    assert_eq!(
-        read_source(&mut s),
-        [line("partial-head-tail", pos(0, 3), pos(1, 6)), line("L3", pos(1, 6), pos(1, 9))]
-    );
-}
-
-#[test]
-fn rotation_with_complete_lines_and_missing_live_file() {
-    let d = Dir::new();
-    d.append("exec.log", &lines_of("a", 2));
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    s.refresh();
-    d.append("exec.log", &lines_of("b", 2));
-    d.rename_chain("exec.log");
-    s.refresh();
-    // Everything of the old generation is readable while X does not exist.
-    assert_eq!(texts(&read_source(&mut s)), [names("a", 2), names("b", 2)].concat());
-    d.append("exec.log", &lines_of("c", 1));
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), names("c", 1));
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), ["partial-head-tail", "L3"]);
+    assert_eq!(s.mark().pos, Pos { gen: 1, off: 9 });
 }
 
 #[test]
@@ -443,82 +438,79 @@ fn copytruncate_starts_a_new_generation_without_repeating_lines() {
     let d = Dir::new();
     d.append("kernel.log", &lines_of("[    0.000100] old line", 5));
     let mut s = Source::new(SourceKind::Kernel, &d.path);
-    s.refresh();
+    s.refresh(true);
     assert_eq!(read_source(&mut s).len(), 5);
     // Truncated in place and rewritten with less than before.
     let f = OpenOptions::new().write(true).open(d.p("kernel.log")).unwrap();
     f.set_len(0).unwrap();
     d.append("kernel.log", &lines_of("[    0.000200] new", 2));
-    let report = s.refresh();
-    assert_eq!(report.added, vec![1]);
-    assert_eq!(s.chain().get(1).unwrap().id, s.chain().get(0).unwrap().id, "same file, new generation");
-    assert_eq!(texts(&read_source(&mut s)), names("[    0.000200] new", 2));
+    s.take_events();
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [1]);
+    assert_eq!(read_source(&mut s), names("[    0.000200] new", 2));
     // Truncated and rewritten with more than before: the first bytes differ.
     f.set_len(0).unwrap();
     d.append("kernel.log", &lines_of("[    0.000300] renewed and longer than before", 9));
-    assert_eq!(s.refresh().added, vec![2]);
-    assert_eq!(texts(&read_source(&mut s)), names("[    0.000300] renewed and longer than before", 9));
-    // Plain appends are not mistaken for truncation.
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [2]);
+    assert_eq!(read_source(&mut s), names("[    0.000300] renewed and longer than before", 9));
+    // Plain appends are not mistaken for truncation, and no snapshot reports the
+    // rewritten file as new.
     d.append("kernel.log", &lines_of("[    0.000400] appended", 1));
-    assert_eq!(s.refresh(), Refresh::default());
-    assert_eq!(texts(&read_source(&mut s)), names("[    0.000400] appended", 1));
+    s.refresh(true);
+    assert!(adopted(&s.take_events()).is_empty());
+    assert_eq!(read_source(&mut s), names("[    0.000400] appended", 1));
 }
 
 #[test]
 fn copytruncate_of_unread_bytes_is_a_gap() {
     let d = Dir::new();
     let old = lines_of("old", 3);
-    d.append("exec.log", &old);
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    s.refresh();
+    d.append("kernel.log", &old);
+    let mut s = Source::new(SourceKind::Kernel, &d.path);
+    s.refresh(true);
     // Seen but not read yet, then truncated.
-    let f = OpenOptions::new().write(true).open(d.p("exec.log")).unwrap();
+    let f = OpenOptions::new().write(true).open(d.p("kernel.log")).unwrap();
     f.set_len(0).unwrap();
-    d.append("exec.log", b"n\n");
-    s.refresh();
-    assert_eq!(read_source(&mut s), [Got::Gap(old.len() as u64), line("n", pos(1, 0), pos(1, 2))]);
+    d.append("kernel.log", b"n\n");
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), [format!("<gap {}>", old.len()), "n".into()]);
 }
 
 #[test]
 fn replacement_by_a_new_inode_is_a_new_generation() {
     let d = Dir::new();
-    d.append("exec.log", b"a\nb\n");
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), ["a", "b"]);
-    d.append("exec.log", b"c\ntail-without-newline");
-    d.append("exec.log.tmp", b"fresh\n");
-    std::fs::rename(d.p("exec.log.tmp"), d.p("exec.log")).unwrap();
-    assert_eq!(s.refresh().added, vec![1]);
-    let g0 = s.chain().get(0).unwrap();
-    assert!(!g0.joins_next(), "a replaced file does not continue in its successor");
-    assert_ne!(g0.id, s.chain().get(1).unwrap().id);
-    assert_eq!(texts(&read_source(&mut s)), ["c", "tail-without-newline", "fresh"]);
-    assert_eq!(s.refresh().deleted, vec![0]);
+    d.append("runtime.log", b"a\nb\n");
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), ["a", "b"]);
+    d.append("runtime.log", b"c\ntail-without-newline");
+    d.append("runtime.log.tmp", b"fresh\n");
+    std::fs::rename(d.p("runtime.log.tmp"), d.p("runtime.log")).unwrap();
+    s.take_events();
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [1]);
+    assert_eq!(read_source(&mut s), ["c", "tail-without-newline", "fresh"]);
 }
 
 #[test]
 fn a_fifo_named_like_a_log_is_never_opened() {
     let d = Dir::new();
-    let path = std::ffi::CString::new(d.p("exec.log").into_os_string().into_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
-    let fifo1 = std::ffi::CString::new(d.p("runtime.log.1").into_os_string().into_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo1.as_ptr(), 0o644) }, 0);
+    nix::unistd::mkfifo(&d.p("exec.log"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(&d.p("runtime.log.1"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     d.append("runtime.log", b"ok\n");
     let dir = d.path.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut exec = Source::new(SourceKind::Exec, &dir);
-        let mut runtime = Source::new(SourceKind::Runtime, &dir);
-        let a = exec.refresh();
-        let b = runtime.refresh();
-        let lines = texts(&read_source(&mut runtime));
-        let _ = tx.send((a, exec.chain().len(), b, runtime.chain().len(), lines));
+        let mut runtime = Source::new(ROT, &dir);
+        exec.refresh(true);
+        runtime.refresh(true);
+        let lines = read_source(&mut runtime);
+        let _ = tx.send((exec.chain().all().len(), runtime.chain().all().len(), lines));
     });
-    let (a, exec_len, b, runtime_len, lines) =
-        rx.recv_timeout(Duration::from_secs(10)).expect("refresh blocked on a FIFO");
-    assert_eq!((a, exec_len), (Refresh::default(), 0));
-    assert_eq!((b.added, runtime_len), (vec![0], 1));
+    let (exec_len, runtime_len, lines) = rx.recv_timeout(Duration::from_secs(10)).expect("refresh blocked on a FIFO");
+    assert_eq!((exec_len, runtime_len), (0, 1));
     assert_eq!(lines, ["ok"]);
     // open_regular itself refuses it without blocking.
     assert!(open_regular(&d.p("exec.log")).is_err());
@@ -528,47 +520,38 @@ fn a_fifo_named_like_a_log_is_never_opened() {
 fn a_symlink_named_like_a_log_is_not_followed() {
     let d = Dir::new();
     d.append("elsewhere", b"secret\n");
-    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("exec.log")).unwrap();
-    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("exec.log.1")).unwrap();
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    assert_eq!(s.refresh(), Refresh::default());
-    assert!(s.chain().is_empty());
-    assert_eq!(read_source(&mut s), []);
-    assert!(open_regular(&d.p("exec.log")).is_err());
+    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("runtime.log")).unwrap();
+    std::os::unix::fs::symlink(d.p("elsewhere"), d.p("runtime.log.1")).unwrap();
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
+    assert!(s.chain().all().is_empty());
+    assert!(read_source(&mut s).is_empty());
+    assert!(open_regular(&d.p("runtime.log")).is_err());
     // Replaced by a regular file: picked up.
-    std::fs::remove_file(d.p("exec.log")).unwrap();
-    d.append("exec.log", b"real\n");
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), ["real"]);
+    std::fs::remove_file(d.p("runtime.log")).unwrap();
+    d.append("runtime.log", b"real\n");
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), ["real"]);
 }
 
 #[test]
-fn a_reused_inode_number_is_a_new_generation() {
+fn a_reused_inode_number_with_the_same_first_bytes_is_a_new_generation() {
     let d = Dir::new();
-    d.append("exec.log.1", &lines_of("rotated", 2));
-    d.append("exec.log", &lines_of("live", 2));
-    let mut s = Source::new(SourceKind::Exec, &d.path);
-    s.refresh();
+    d.append("runtime.log.1", &lines_of("same start", 2));
+    d.append("runtime.log", &lines_of("live", 2));
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
     assert_eq!(read_source(&mut s).len(), 4);
-    let old_id = s.chain().get(0).unwrap().id;
-    std::fs::remove_file(d.p("exec.log.1")).unwrap();
-    assert_eq!(s.refresh().deleted, vec![0]);
-    s.release(0);
-    // Rotate: the new exec.log is created right after the delete, so the filesystem
-    // may well hand it the inode number of the deleted file.
-    d.rename_chain("exec.log");
-    d.append("exec.log", &lines_of("reborn", 3));
-    let mut reused = false;
-    let new_id = FileId::of(&std::fs::metadata(d.p("exec.log")).unwrap());
-    if new_id == old_id {
-        reused = true;
-    }
-    assert_eq!(s.refresh().added, vec![2]);
-    assert_eq!(texts(&read_source(&mut s)), names("reborn", 3), "inode reused: {reused}");
-    // And a file reusing the number of a released generation at X itself.
-    d.append("exec.log", &lines_of("more", 1));
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), names("more", 1));
+    s.refresh(true);
+    let old_id = FileIdentity::of_path(&d.p("runtime.log.1")).unwrap().id;
+    // Rotate: the old runtime.log.1 is deleted, and the new runtime.log, created right
+    // after, often gets its inode number; it starts with the very same bytes.
+    std::fs::remove_file(d.p("runtime.log.1")).unwrap();
+    d.rename_chain("runtime.log");
+    d.append("runtime.log", &lines_of("same start", 3));
+    let reused = FileId::of(&std::fs::metadata(d.p("runtime.log")).unwrap()) == old_id;
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), names("same start", 3), "inode reused: {reused}");
 }
 
 #[test]
@@ -576,14 +559,15 @@ fn a_deleted_live_file_recreated_is_read_from_its_start() {
     let d = Dir::new();
     d.append("kernel.log", b"[    0.1] a\n");
     let mut s = Source::new(SourceKind::Kernel, &d.path);
-    s.refresh();
-    assert_eq!(texts(&read_source(&mut s)), ["[    0.1] a"]);
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), ["[    0.1] a"]);
     std::fs::remove_file(d.p("kernel.log")).unwrap();
-    s.refresh();
+    s.refresh(true);
     d.append("kernel.log", b"[    0.2] b\n");
-    assert_eq!(s.refresh().added, vec![1]);
-    assert_eq!(texts(&read_source(&mut s)), ["[    0.2] b"]);
-    assert_eq!(s.refresh().deleted, vec![0]);
+    s.take_events();
+    s.refresh(true);
+    assert_eq!(adopted(&s.take_events()), [1]);
+    assert_eq!(read_source(&mut s), ["[    0.2] b"]);
 }
 
 #[test]
@@ -592,19 +576,19 @@ fn copytruncate_then_rotation_before_a_refresh_loses_nothing() {
     // all between two refreshes: the descriptor msbfs holds now reads new content.
     for new_len in [1usize, 2, 3] {
         let d = Dir::new();
-        d.append("exec.log", &lines_of("old-line", 2));
-        let mut s = Source::new(SourceKind::Exec, &d.path);
-        s.refresh();
+        d.append("runtime.log", &lines_of("old-line", 2));
+        let mut s = Source::new(ROT, &d.path);
+        s.refresh(true);
         assert_eq!(read_source(&mut s).len(), 2);
-        let f = OpenOptions::new().write(true).open(d.p("exec.log")).unwrap();
+        let f = OpenOptions::new().write(true).open(d.p("runtime.log")).unwrap();
         f.set_len(0).unwrap();
         // Shorter than, as long as, and longer than what was read before.
-        d.append("exec.log", &lines_of("new-line", new_len));
-        d.rename_chain("exec.log");
-        d.append("exec.log", &lines_of("next", 1));
-        s.refresh();
+        d.append("runtime.log", &lines_of("new-line", new_len));
+        d.rename_chain("runtime.log");
+        d.append("runtime.log", &lines_of("next", 1));
+        s.refresh(true);
         let want = [names("new-line", new_len), names("next", 1)].concat();
-        assert_eq!(texts(&read_source(&mut s)), want, "rewritten with {new_len} lines");
+        assert_eq!(read_source(&mut s), want, "rewritten with {new_len} lines");
     }
 }
 
@@ -616,7 +600,7 @@ fn a_truncated_generation_is_born_when_it_was_truncated() {
     let d = Dir::new();
     d.append("kernel.log", b"[    0.100000] first boot\n");
     let mut s = Source::new(SourceKind::Kernel, &d.path);
-    s.refresh();
+    s.refresh(true);
     assert_eq!(read_source(&mut s).len(), 1);
     std::thread::sleep(Duration::from_millis(300));
     let before_truncate =
@@ -624,39 +608,83 @@ fn a_truncated_generation_is_born_when_it_was_truncated() {
     let f = OpenOptions::new().write(true).open(d.p("kernel.log")).unwrap();
     f.set_len(0).unwrap();
     d.append("kernel.log", b"[    0.100000] second boot\n");
-    assert_eq!(s.refresh().added, vec![1]);
-    let g0 = s.chain().get(0).unwrap();
+    s.refresh(true);
+    let g0 = s.chain().get(0).map(|g| g.birth_ms);
     let g1 = s.chain().get(1).unwrap();
     assert!(
         g1.birth_ms >= before_truncate - 5,
-        "new generation born at {} (the first one at {}), truncated at {before_truncate}",
-        g1.birth_ms,
-        g0.birth_ms
+        "new generation born at {}, first {g0:?}, truncated at {before_truncate}",
+        g1.birth_ms
     );
 }
 
 #[test]
-fn arrivals_keep_generations_a_fast_producer_rotated_away_before_the_scan() {
-    // The watcher opens each new exec.log as it appears (twice here: create, then a
-    // rename next to it); ingest scans only after seven rotations, when the first
-    // generations have already been destroyed by the rename chain.
+fn snapshots_after_each_rotation_keep_every_generation_of_a_fast_producer() {
+    // The watcher snapshots the chain after every change it sees; ingest refreshes only
+    // after seven rotations, when the first generations have already been destroyed by
+    // the rename chain.
     let d = Dir::new();
-    let arrivals = Arc::new(Arrivals::default());
-    let mut s = Source::with_arrivals(SourceKind::Exec, &d.path, arrivals.clone());
-    d.append("exec.log", &lines_of("g0", 2));
-    s.refresh();
+    let mut s = Source::new(ROT, &d.path);
+    d.append("runtime.log", &lines_of("g0", 2));
+    s.tracker().lock().note_create();
+    s.refresh(true);
     for k in 1..=7 {
-        d.rename_chain("exec.log");
-        d.append("exec.log", &lines_of(&format!("g{k}"), 2));
-        arrivals.record(&d.p("exec.log"));
-        arrivals.record(&d.p("exec.log"));
+        d.rename_chain("runtime.log");
+        d.append("runtime.log", &lines_of(&format!("g{k}"), 2));
+        let mut tracker = s.tracker().lock();
+        tracker.note_create();
+        tracker.snapshot();
     }
-    assert!(!d.p("exec.log.5").exists() && d.p("exec.log.4").exists());
-    s.refresh();
+    assert!(!d.p("runtime.log.5").exists() && d.p("runtime.log.4").exists());
+    s.refresh(false);
     let want: Vec<String> = (0..=7).flat_map(|k| names(&format!("g{k}"), 2)).collect();
-    assert_eq!(texts(&read_source(&mut s)), want, "every generation once, in creation order");
-    // A file recorded again after it was read is not read again.
-    arrivals.record(&d.p("exec.log"));
-    s.refresh();
-    assert!(read_source(&mut s).is_empty());
+    assert_eq!(read_source(&mut s), want, "every generation once, in creation order");
+    assert_eq!(s.tracker().lock().lost(), 0);
+}
+
+#[test]
+fn generations_destroyed_before_any_snapshot_are_announced_where_they_were() {
+    let d = Dir::new();
+    let mut s = Source::new(ROT, &d.path);
+    d.append("runtime.log", &lines_of("g0", 2));
+    s.tracker().lock().note_create();
+    s.refresh(true);
+    assert_eq!(read_source(&mut s), names("g0", 2));
+    for k in 1..=8 {
+        d.rename_chain("runtime.log");
+        d.append("runtime.log", &lines_of(&format!("g{k}"), 1));
+        s.tracker().lock().note_create();
+    }
+    s.refresh(true);
+    // g1..g3 were destroyed unseen; g4..g8 are in the chain.
+    let want: Vec<String> =
+        std::iter::once("<lost 3>".to_string()).chain((4..=8).flat_map(|k| names(&format!("g{k}"), 1))).collect();
+    assert_eq!(read_source(&mut s), want);
+}
+
+#[test]
+fn chain_events_record_what_a_replay_needs() {
+    let d = Dir::new();
+    d.append("runtime.log", b"a\n");
+    let mut s = Source::new(ROT, &d.path);
+    s.refresh(true);
+    read_source(&mut s);
+    d.rename_chain("runtime.log");
+    d.append("runtime.log", b"b\n");
+    s.take_events();
+    s.refresh(true);
+    let events = s.take_events();
+    match &events[..] {
+        [ChainEvent::Updated(old), ChainEvent::Adopted(new)] => {
+            assert_eq!((old.seq, old.sealed), (0, Some((2, true))));
+            assert_eq!((new.seq, new.sealed, new.fingerprint.as_slice()), (1, None, &b"b\n"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A generation found again by identity and first bytes; a different file is not it.
+    let rec = s.chain().get(1).unwrap().record();
+    assert!(find_generation(ROT, &d.path, &rec).is_some());
+    let mut other = rec.clone();
+    other.fingerprint = b"x\n".to_vec();
+    assert!(find_generation(ROT, &d.path, &other).is_none());
 }

@@ -3,6 +3,8 @@
 //!
 //! A rendered line is `<24-byte timestamp> <tag> <text>\n`; text longer than 64 KiB is
 //! cut into 64 KiB pieces, each its own line, and a trailing `\r` is dropped.
+//! (The store renders the one other kind of text, the notice standing for a range it
+//! no longer has.)
 //!
 //! Captured program output arrives in chunks cut wherever the pipe read ended, so the
 //! [`Assembler`] holds the trailing fragment of each exec stream until the next chunk
@@ -12,8 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::source::record::{Record, SourceState, Tag};
-use crate::source::SourceKind;
+use crate::source::record::{Record, Tag};
 use crate::time::push_timestamp;
 
 /// Longest text of one rendered line; longer text is cut into pieces of this size.
@@ -52,12 +53,24 @@ struct Held {
 pub struct Assembler {
     held: HashMap<Tag, Held>,
     next_seq: u64,
+    /// Earliest and latest timestamp of the lines rendered since the last
+    /// [`Assembler::take_span`].
+    span: Option<(i64, i64)>,
 }
 
 impl Assembler {
     /// True when no fragment is held (a checkpoint may be placed).
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+
+    fn note(&mut self, ts: i64) {
+        self.span = Some(self.span.map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))));
+    }
+
+    /// The earliest and latest timestamp rendered since the last call.
+    pub fn take_span(&mut self) -> Option<(i64, i64)> {
+        self.span.take()
     }
 
     /// The fragments held now: their stream and arrival number (a new fragment of the
@@ -70,11 +83,13 @@ impl Assembler {
     /// first joined with the start of this chunk) and holds the trailing fragment;
     /// every other record renders whole.
     pub fn render(&mut self, record: &Record, out: &mut Vec<u8>) {
-        if !matches!(record.tag, Tag::Stdout(_) | Tag::Stderr(_) | Tag::Output(_)) {
-            return render_record(record, out);
-        }
-        if record.text.ends_with(b"\n") && (self.held.is_empty() || !self.held.contains_key(&record.tag)) {
+        let whole = !matches!(record.tag, Tag::Stdout(_) | Tag::Stderr(_) | Tag::Output(_))
             // The common case: whole lines, nothing to continue.
+            || record.text.ends_with(b"\n") && (self.held.is_empty() || !self.held.contains_key(&record.tag));
+        if whole {
+            if !record.text.is_empty() {
+                self.note(record.ts);
+            }
             return render_record(record, out);
         }
         let tag = record.tag;
@@ -85,9 +100,13 @@ impl Assembler {
             match self.held.remove(&tag) {
                 Some(mut held) => {
                     held.text.extend_from_slice(line);
+                    self.note(held.ts);
                     render_line(held.ts, tag, held.text.strip_suffix(b"\r").unwrap_or(&held.text), out);
                 }
-                None => render_line(record.ts, tag, line.strip_suffix(b"\r").unwrap_or(line), out),
+                None => {
+                    self.note(record.ts);
+                    render_line(record.ts, tag, line.strip_suffix(b"\r").unwrap_or(line), out)
+                }
             }
         }
         if text.is_empty() {
@@ -106,6 +125,8 @@ impl Assembler {
             let whole = (held.text.len() - 1) / MAX_LINE_TEXT * MAX_LINE_TEXT;
             render_line(held.ts, tag, &held.text[..whole], out);
             held.text.drain(..whole);
+            let ts = held.ts;
+            self.note(ts);
         }
         if self.held.len() > MAX_HELD_STREAMS {
             if let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(t, _)| *t) {
@@ -117,6 +138,7 @@ impl Assembler {
     /// Renders the fragment held for `stream`, if any, as a line of its own.
     pub fn flush(&mut self, stream: Tag, out: &mut Vec<u8>) {
         if let Some(held) = self.held.remove(&stream) {
+            self.note(held.ts);
             render_line(held.ts, stream, &held.text, out);
         }
     }
@@ -126,6 +148,7 @@ impl Assembler {
         let mut all: Vec<(Tag, Held)> = self.held.drain().collect();
         all.sort_by_key(|(_, h)| h.seq);
         for (tag, held) in all {
+            self.note(held.ts);
             render_line(held.ts, tag, &held.text, out);
         }
     }
@@ -142,23 +165,6 @@ pub fn render_line(ts: i64, tag: Tag, text: &[u8], out: &mut Vec<u8>) {
         out.push(b' ');
         out.extend_from_slice(piece);
         out.push(b'\n');
-    }
-}
-
-/// The notice rendered for a gap of `bytes` unread bytes of `source`.
-pub fn gap_notice(source: SourceKind, bytes: u64, state: &SourceState) -> Record {
-    Record::notice(
-        state.last_ts.unwrap_or(state.birth),
-        format!("{bytes} bytes of {} were lost before msbfs could read them", source.file_name()),
-    )
-}
-
-/// Applies a `Base` op: lines that follow belong to a generation born at `birth`.
-/// Kernel uptime stamps restart at a new generation, so its previous time is forgotten.
-pub fn apply_base(source: SourceKind, birth: i64, state: &mut SourceState) {
-    state.birth = birth;
-    if source == SourceKind::Kernel {
-        state.last_ts = None;
     }
 }
 
@@ -220,20 +226,6 @@ mod tests {
         let mut out = Vec::new();
         render_record(&Record { ts: ts(), tag: Tag::Stdout(Some(1)), text: b"\xff\xfe\n".to_vec() }, &mut out);
         assert!(out.ends_with(b"stdout[1] \xff\xfe\n"));
-    }
-
-    #[test]
-    fn base_resets_kernel_time_only() {
-        let mut st = SourceState { last_ts: Some(9), birth: 1 };
-        apply_base(SourceKind::Runtime, 5, &mut st);
-        assert_eq!(st, SourceState { last_ts: Some(9), birth: 5 });
-        apply_base(SourceKind::Kernel, 6, &mut st);
-        assert_eq!(st, SourceState { last_ts: None, birth: 6 });
-        let notice = gap_notice(SourceKind::Exec, 12, &st);
-        assert_eq!(
-            (notice.ts, notice.text.as_slice()),
-            (6, &b"12 bytes of exec.log were lost before msbfs could read them"[..])
-        );
     }
 
     fn chunk(ts: i64, tag: Tag, text: &[u8]) -> Record {

@@ -254,6 +254,16 @@ impl Env {
     pub fn mount(&self) -> Mounted {
         Mounted::start(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"))
     }
+
+    /// Mounts with extra arguments (`--max-store 2M`, …).
+    pub fn mount_with(&self, args: &[&str]) -> Mounted {
+        Mounted::start_with(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), args)
+    }
+
+    /// The state directory the mounts of this environment share (under the root).
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
 }
 
 /// A running `msbfs mount`.
@@ -264,15 +274,24 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Spawns `msbfs mount mnt --home home` and waits until a live `fuse.msbfs` mount
-    /// is at `mnt` (deadline 20 s).
+    /// Spawns `msbfs mount mnt --home home --state-dir <home's parent>/state` and waits
+    /// until a live `fuse.msbfs` mount is at `mnt` (deadline 20 s).
     pub fn start(home: &Path, mnt: &Path, stderr_path: &Path) -> Mounted {
-        let stderr = File::create(stderr_path).expect("stderr file");
+        Mounted::start_with(home, mnt, stderr_path, &[])
+    }
+
+    /// Like [`Mounted::start`] with extra arguments.
+    pub fn start_with(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str]) -> Mounted {
+        let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
+        let state = home.parent().expect("home has a parent").join("state");
         let child = Command::new(BIN)
             .arg("mount")
             .arg(mnt)
             .arg("--home")
             .arg(home)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
             .env("MSBFS_LOG", std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -588,10 +607,16 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
 pub enum Expect {
     /// The whole history: every marker from 0, no `msbfs` line at all.
     Complete,
-    /// A suffix of the history, as read from offset 0 after retention deleted old
-    /// generations: optionally one leading retention notice (`notice` = required),
+    /// The store dropped its oldest bytes: a leading run of dropped-range notice lines,
     /// then for every source a contiguous run of markers ending at the last one.
-    Suffix { notice_required: bool },
+    Dropped,
+    /// Every line exactly once, except where a loss of that source is announced by an
+    /// `msbfs` notice placed between the lines around it (generations rotated away
+    /// unseen, bytes vanished, or rotated away while msbfs was not running).
+    Announced,
+    /// Like `Announced`, but every source may begin late: history rotated away before
+    /// msbfs first looked (a mount in the middle of a run) is not a loss.
+    Tail,
 }
 
 /// What a check found.
@@ -603,6 +628,31 @@ pub struct Report {
     /// First exec marker seen per key (0 for a complete history).
     pub first_exec: BTreeMap<String, u64>,
     pub first_runtime: Option<u64>,
+    /// Dropped-range notice lines at the start.
+    pub dropped_lines: usize,
+    /// Lines missing in total (where announced).
+    pub missing: u64,
+    /// Generations announced lost, per source file (the "at least N" of the notices).
+    pub lost_generations: BTreeMap<String, u64>,
+}
+
+/// The source file a loss notice is about, and the generations it announces (0 when
+/// it counts bytes or cannot count).
+fn loss_notice(text: &str) -> Option<(&'static str, u64)> {
+    for file in ["exec.log", "runtime.log", "kernel.log"] {
+        if let Some(rest) = text.strip_prefix("at least ") {
+            if text.ends_with(&format!(" of {file} were rotated away before msbfs could open them")) {
+                return Some((file, rest.split(' ').next()?.parse().ok()?));
+            }
+        }
+        if text.ends_with(&format!(" bytes of {file} were lost before msbfs could read them"))
+            || text.starts_with(&format!("{file}: "))
+                && text.ends_with(" while msbfs was not running were rotated away")
+        {
+            return Some((file, 0));
+        }
+    }
+    None
 }
 
 /// Checks merged.log bytes against a simulator summary (per-source order, exact
@@ -616,29 +666,57 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
     let mut conts = 0u64;
     let mut system = 0u64;
     let complete = expect == Expect::Complete;
-    let start = |what: &str, n: u64| -> u64 {
-        if complete {
-            assert_eq!(n, 0, "{what}: history must start at marker 0");
+    // Per source file: index of the last loss notice; per stream: index of its last line.
+    let mut last_loss: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut last_line: BTreeMap<String, usize> = BTreeMap::new();
+    let mut in_dropped_prefix = expect == Expect::Dropped;
+    // A marker `n` where `want` was expected: a jump must be announced between the
+    // stream's previous line and this one.
+    let announced_losses = matches!(expect, Expect::Announced | Expect::Tail);
+    let late_start = matches!(expect, Expect::Dropped | Expect::Tail);
+    let advance = |what: &str,
+                   file: &str,
+                   want: u64,
+                   n: u64,
+                   i: usize,
+                   last_loss: &BTreeMap<&str, usize>,
+                   last_line: &mut BTreeMap<String, usize>,
+                   missing: &mut u64,
+                   show: &dyn Fn() -> String| {
+        if n != want {
+            let announced = announced_losses
+                && n > want
+                && last_loss.get(file).is_some_and(|&q| last_line.get(what).is_none_or(|&p| q > p));
+            assert!(
+                announced,
+                "{what} marker {n} where {want} was expected (duplicate or unannounced loss): {}",
+                show()
+            );
+            *missing += n - want;
         }
-        n
+        last_line.insert(what.to_string(), i);
     };
     for (i, l) in lines.iter().enumerate() {
         let tag = String::from_utf8_lossy(l.tag).into_owned();
         *rep.per_tag.entry(tag.clone()).or_default() += 1;
         let show =
             || format!("line {i}: {} {} {}", String::from_utf8_lossy(l.ts), tag, String::from_utf8_lossy(l.text));
+        if l.tag != b"msbfs" {
+            in_dropped_prefix = false;
+        }
         match l.tag {
             b"msbfs" => {
-                let text = String::from_utf8_lossy(l.text).into_owned();
-                match expect {
-                    Expect::Complete => panic!("unexpected msbfs notice: {}", show()),
-                    Expect::Suffix { .. } => {
-                        assert!(
-                            i == 0 && text.ends_with("are no longer retained"),
-                            "only one leading retention notice is allowed: {}",
-                            show()
-                        );
+                let text = String::from_utf8_lossy(l.text).trim_end().to_string();
+                if in_dropped_prefix && text.contains("were dropped to keep the msbfs store within its budget") {
+                    rep.dropped_lines += 1;
+                    continue;
+                }
+                match (announced_losses, loss_notice(&text)) {
+                    (true, Some((file, generations))) => {
+                        last_loss.insert(file, i);
+                        *rep.lost_generations.entry(file.to_string()).or_default() += generations;
                     }
+                    _ => panic!("unexpected msbfs notice ({expect:?}): {}", show()),
                 }
                 rep.notices.push(text);
             }
@@ -650,14 +728,22 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
                 if let Some(n) = number_after(l.text, b"runtime-cont n=") {
                     assert!(l.text.starts_with(b"    at frame "), "{}", show());
                     match next_runtime {
-                        Some(next) => assert_eq!(n + 1, next, "continuation of the wrong line: {}", show()),
+                        Some(next) => assert!(
+                            n + 1 == next || announced_losses && last_loss.contains_key("runtime.log"),
+                            "continuation of the wrong line: {}",
+                            show()
+                        ),
                         None => assert!(!complete, "continuation before any runtime line: {}", show()),
                     }
                     conts += 1;
                 } else if let Some(n) = number_after(l.text, b"runtime n=") {
-                    let want = *next_runtime.get_or_insert_with(|| start("runtime", n));
+                    let want = match next_runtime {
+                        Some(want) => want,
+                        None if late_start => n,
+                        None => 0,
+                    };
                     rep.first_runtime.get_or_insert(n);
-                    assert_eq!(n, want, "runtime marker out of order: {}", show());
+                    advance("runtime", "runtime.log", want, n, i, &last_loss, &mut last_line, &mut rep.missing, &show);
                     next_runtime = Some(n + 1);
                 } else {
                     panic!("runtime line without marker: {}", show());
@@ -666,8 +752,8 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
             b"kernel" => {
                 let n =
                     number_after(l.text, b"kernel n=").unwrap_or_else(|| panic!("kernel without marker: {}", show()));
-                let want = *next_kernel.get_or_insert_with(|| start("kernel", n));
-                assert_eq!(n, want, "kernel marker out of order: {}", show());
+                let want = next_kernel.unwrap_or(if late_start { n } else { 0 });
+                advance("kernel", "kernel.log", want, n, i, &last_loss, &mut last_line, &mut rep.missing, &show);
                 next_kernel = Some(n + 1);
             }
             _ => {
@@ -680,9 +766,13 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
                 let key = format!("{stream} s={id} n=");
                 if l.text.starts_with(key.as_bytes()) {
                     let n = number_after(l.text, key.as_bytes()).unwrap_or_else(|| panic!("bad marker: {}", show()));
-                    let want = *next_exec.entry(tag.clone()).or_insert_with(|| start(&tag, n));
+                    let want = match next_exec.get(&tag) {
+                        Some(&want) => want,
+                        None if late_start => n,
+                        None => 0,
+                    };
                     rep.first_exec.entry(tag.clone()).or_insert(n);
-                    assert_eq!(n, want, "{tag} marker out of order (duplicate or lost line): {}", show());
+                    advance(&tag, "exec.log", want, n, i, &last_loss, &mut last_line, &mut rep.missing, &show);
                     next_exec.insert(tag, n + 1);
                 } else {
                     // The tail piece of a chunk split mid-line: same tag, no marker.
@@ -691,8 +781,8 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
             }
         }
     }
-    if let Expect::Suffix { notice_required: true } = expect {
-        assert_eq!(rep.notices.len(), 1, "exactly one retention notice expected");
+    if expect == Expect::Dropped {
+        assert!(rep.dropped_lines > 0, "a dropped range was expected at the start");
     }
     // Every source ends at its last marker; a complete history holds every key.
     for (key, &count) in &s.exec_lines {
@@ -704,11 +794,11 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
         }
         match next_exec.get(key) {
             Some(&next) => assert_eq!(next, count, "{key}: last marker must be {} (count {count})", count - 1),
-            None => assert!(!complete, "{key}: no line at all (count {count})"),
+            None => assert!(
+                late_start || announced_losses && last_loss.contains_key("exec.log"),
+                "{key}: no line at all (count {count})"
+            ),
         }
-    }
-    for key in next_exec.keys() {
-        assert!(s.exec_lines.contains_key(key));
     }
     assert_eq!(next_runtime.unwrap_or(0), s.runtime_lines, "runtime lines end at runtime_lines-1");
     assert_eq!(next_kernel.unwrap_or(0), s.kernel_lines, "kernel lines end at kernel_lines-1");
@@ -716,6 +806,13 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
         assert_eq!(conts, s.runtime_continuations, "runtime continuation lines");
         assert_eq!(rep.first_runtime.unwrap_or(0), 0);
     }
+    // Counts are lower bounds: a lost generation holds at least one line.
+    let announced: u64 = rep.lost_generations.values().sum();
+    assert!(
+        announced <= rep.missing,
+        "{announced} generations announced lost, but only {} lines are missing",
+        rep.missing
+    );
     rep
 }
 

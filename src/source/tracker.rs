@@ -1,0 +1,422 @@
+//! Following one source's chain on disk (`X`, `X.1` … `X.4`): which files are new
+//! generations, in creation order, and how many generations were rotated away before
+//! msbfs could open them.
+//!
+//! A snapshot `lstat`s every chain path (twice, until both passes agree, so a rotation
+//! in progress is never acted on), opens every file it does not know, and appends the
+//! files newer than the newest known one, oldest first. The watcher thread takes a
+//! snapshot after every create, rename or delete in the logs directory, so a producer
+//! has to rotate a whole chain's length between two snapshots to destroy a generation
+//! unseen.
+//!
+//! Such a loss is counted, never guessed: every creation of the live file is an
+//! inotify event ([`ChainTracker::note_create`]), and every generation born after the
+//! watch began is seen at most once. `creations − seen` is then a lower bound of the
+//! generations lost at any moment (an event may still be queued, a file may be seen
+//! before its event), exact once things settle; each increase is announced before the
+//! first generation seen after the loss.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::generation::{birth_time_ms, open_regular, FileId, FileIdentity, Generation};
+use super::SourceKind;
+
+/// Scan attempts before a snapshot gives up until the next one.
+const SCAN_ATTEMPTS: usize = 32;
+
+/// Where a known generation was in the last snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// At chain index `k` (0 = the live path).
+    At(u32),
+    /// Not in the chain any more (rotated out, deleted or replaced).
+    Gone,
+}
+
+/// The realtime clock at its coarse (filesystem timestamp) granularity, in ns.
+pub fn coarse_now_ns() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// One file found by a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Found {
+    index: u32,
+    identity: FileIdentity,
+}
+
+/// The chain of one source as seen on disk, shared by the watcher thread (which takes
+/// snapshots) and the source (which adopts the generations it found).
+#[derive(Debug)]
+pub struct ChainTracker {
+    kind: SourceKind,
+    dir: PathBuf,
+    /// Generations found, oldest first, while their files may still be in the chain.
+    known: VecDeque<(Arc<Generation>, Place)>,
+    /// Found and not yet adopted by the source.
+    arrivals: Vec<Arc<Generation>>,
+    creations: u64,
+    seen: u64,
+    reported: u64,
+    /// Lost generations counted with no later generation seen yet to announce them at.
+    unattached: u64,
+    /// Files born before this (coarse realtime, ns) existed before the watch began.
+    watch_since_ns: i64,
+    warned: HashSet<(u32, FileId)>,
+}
+
+impl ChainTracker {
+    /// A tracker of `kind` in `dir`, already knowing `known` (generations restored
+    /// after a restart). Call it before the directory's inotify watch is added.
+    pub fn new(kind: SourceKind, dir: &Path, known: Vec<Arc<Generation>>) -> ChainTracker {
+        ChainTracker {
+            kind,
+            dir: dir.to_path_buf(),
+            known: known.into_iter().map(|g| (g, Place::Gone)).collect(),
+            arrivals: Vec::new(),
+            creations: 0,
+            seen: 0,
+            reported: 0,
+            unattached: 0,
+            watch_since_ns: coarse_now_ns(),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// The path of chain index `index`.
+    pub fn path(&self, index: u32) -> PathBuf {
+        let name = self.kind.file_name();
+        if index == 0 {
+            self.dir.join(name)
+        } else {
+            self.dir.join(format!("{name}.{index}"))
+        }
+    }
+
+    /// The live file was created (or a file moved onto its name): one generation more
+    /// exists than before.
+    pub fn note_create(&mut self) {
+        self.creations += 1;
+    }
+
+    /// Events were lost (inotify queue overflow): creations can no longer be counted,
+    /// so the count restarts from what was seen (nothing is announced for the gap).
+    pub fn resync(&mut self) {
+        self.snapshot();
+        self.creations = self.seen + self.reported;
+    }
+
+    /// Generations known lost so far (a lower bound).
+    pub fn lost(&self) -> u64 {
+        self.reported
+    }
+
+    /// Every generation found whose file may still be in the chain, oldest first.
+    pub fn known(&self) -> Vec<Arc<Generation>> {
+        self.known.iter().map(|(g, _)| g.clone()).collect()
+    }
+
+    /// Where generation `gen` was in the last snapshot.
+    pub fn place_of(&self, gen: &Arc<Generation>) -> Option<Place> {
+        self.known.iter().find(|(g, _)| Arc::ptr_eq(g, gen)).map(|(_, p)| *p)
+    }
+
+    /// Makes `gen` the known generation of its file (after a truncation in place, the
+    /// file's new content), so no snapshot reports it again.
+    pub fn adopt(&mut self, gen: Arc<Generation>) {
+        let place = match self.known.iter().position(|(g, _)| g.identity.same_as(&gen.identity)) {
+            Some(i) => self.known.remove(i).map_or(Place::Gone, |(_, p)| p),
+            None => Place::At(0),
+        };
+        self.known.push_back((gen, place));
+    }
+
+    /// Takes the generations found since the last call, oldest first.
+    pub fn take_arrivals(&mut self) -> Vec<Arc<Generation>> {
+        std::mem::take(&mut self.arrivals)
+    }
+
+    /// `lstat` of every chain path, oldest first.
+    fn stat_chain(&mut self) -> Vec<Found> {
+        let mut out = Vec::new();
+        for index in (0..=self.kind.rotated_siblings()).rev() {
+            let path = self.path(index);
+            match FileIdentity::of_path(&path) {
+                Some(identity) => out.push(Found { index, identity }),
+                None => {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        if self.warned.insert((index, FileId::of(&meta))) {
+                            tracing::warn!(path = ?path, "not a regular file (symlink, FIFO or device); skipped");
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The known generation `found` is, if any (opening the file where only its
+    /// content can tell a reused inode number apart).
+    fn known_index(&self, found: &Found) -> Option<usize> {
+        // Newest first: a file truncated in place is two generations of one inode.
+        let mut opened = None;
+        for (i, (gen, _)) in self.known.iter().enumerate().rev() {
+            if !gen.identity.same_as(&found.identity) {
+                continue;
+            }
+            if !gen.is_released() {
+                // Held open, so its inode number cannot have been reused.
+                return Some(i);
+            }
+            if opened.is_none() {
+                opened = Some(open_regular(&self.path(found.index)).ok().flatten());
+            }
+            if opened.as_ref().and_then(|f| f.as_ref()).is_some_and(|file| gen.is_file(file)) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Takes a consistent snapshot of the chain and records new generations. Returns
+    /// false when the chain kept moving (the next snapshot tries again).
+    pub fn snapshot(&mut self) -> bool {
+        for _ in 0..SCAN_ATTEMPTS {
+            let before = self.stat_chain();
+            match self.classify(&before) {
+                Some(opened) if self.stat_chain() == before => {
+                    self.record(&before, opened);
+                    return true;
+                }
+                _ => continue,
+            }
+        }
+        tracing::debug!(file = self.kind.file_name(), "the chain kept moving during a snapshot");
+        false
+    }
+
+    /// For each file of a scan, the known generation it is, or its newly opened file;
+    /// `None` when a file changed under the scan.
+    fn classify(&mut self, scan: &[Found]) -> Option<Vec<Result<usize, (std::fs::File, FileIdentity)>>> {
+        let mut out = Vec::with_capacity(scan.len());
+        for found in scan {
+            if let Some(i) = self.known_index(found) {
+                out.push(Ok(i));
+                continue;
+            }
+            let path = self.path(found.index);
+            match open_regular(&path) {
+                Ok(Some(file)) => {
+                    let identity = FileIdentity::of_file(&file).ok()?;
+                    if identity.id != found.identity.id {
+                        return None;
+                    }
+                    out.push(Err((file, identity)));
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    if self.warned.insert((found.index, found.identity.id)) {
+                        tracing::warn!(path = ?path, "cannot open: {e}; skipped");
+                    }
+                    out.push(Ok(usize::MAX));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn record(&mut self, scan: &[Found], classified: Vec<Result<usize, (std::fs::File, FileIdentity)>>) {
+        for (_, place) in self.known.iter_mut() {
+            *place = Place::Gone;
+        }
+        let newest_known =
+            classified.iter().filter_map(|c| c.as_ref().ok()).filter(|&&i| i != usize::MAX).max().copied();
+        let mut newest_found_at = None;
+        for (found, c) in scan.iter().zip(&classified) {
+            if let Ok(i) = c {
+                if let Some((_, place)) = self.known.get_mut(*i) {
+                    *place = Place::At(found.index);
+                    if Some(*i) == newest_known {
+                        newest_found_at = Some(found.index);
+                    }
+                }
+            }
+        }
+        let mut fresh = Vec::new();
+        for (found, c) in scan.iter().zip(classified) {
+            let Err((file, identity)) = c else { continue };
+            if newest_found_at.is_some_and(|at| found.index >= at) {
+                // Older than a generation already known: not part of the sequence.
+                if self.warned.insert((found.index, identity.id)) {
+                    tracing::warn!(path = ?self.path(found.index), "a file older than a known generation appeared; skipped");
+                }
+                continue;
+            }
+            let birth = birth_time_ms(&file, &identity);
+            let gen = Arc::new(Generation::new(identity, birth, Some(Arc::new(file))));
+            if identity.btime_ns.is_none_or(|b| b >= self.watch_since_ns) {
+                self.seen += 1;
+            }
+            fresh.push((gen, found.index));
+        }
+        let lost = self.creations.saturating_sub(self.seen);
+        if lost > self.reported {
+            self.unattached += lost - self.reported;
+            self.reported = lost;
+        }
+        if self.unattached > 0 {
+            tracing::warn!(
+                file = self.kind.file_name(),
+                lost = self.unattached,
+                "generations were rotated away before msbfs could open them"
+            );
+            // Announced before the first generation seen after them, or else right
+            // after the newest one seen before them.
+            match (fresh.first(), self.known.back()) {
+                (Some((first, _)), _) => first.add_lost_before(std::mem::take(&mut self.unattached)),
+                (None, Some((newest, _))) => newest.add_lost_after(std::mem::take(&mut self.unattached)),
+                (None, None) => {}
+            }
+        }
+        for (gen, index) in fresh {
+            self.known.push_back((gen.clone(), Place::At(index)));
+            self.arrivals.push(gen);
+        }
+        // Files gone from the chain never come back: forget them once released.
+        while self.known.len() > 1 && self.known.front().is_some_and(|(g, p)| *p == Place::Gone && g.is_released()) {
+            self.known.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(bytes).unwrap();
+    }
+
+    fn rotate(dir: &Path) {
+        for i in (1..4).rev() {
+            let _ = std::fs::rename(dir.join(format!("exec.log.{i}")), dir.join(format!("exec.log.{}", i + 1)));
+        }
+        let _ = std::fs::rename(dir.join("exec.log"), dir.join("exec.log.1"));
+    }
+
+    /// A producer step: rotate, create the live file (counted as inotify would) and
+    /// write one line into it.
+    fn produce(dir: &Path, t: &mut ChainTracker, n: usize) {
+        rotate(dir);
+        append(&dir.join("exec.log"), format!("generation {n}\n").as_bytes());
+        t.note_create();
+    }
+
+    fn texts(gens: &[Arc<Generation>]) -> Vec<String> {
+        gens.iter().map(|g| String::from_utf8_lossy(&g.record().fingerprint).into_owned()).collect()
+    }
+
+    #[test]
+    fn the_first_snapshot_finds_the_chain_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in [3, 2, 1] {
+            append(&dir.path().join(format!("exec.log.{i}")), format!("old {i}\n").as_bytes());
+        }
+        append(&dir.path().join("exec.log"), b"live\n");
+        let mut t = ChainTracker::new(SourceKind::Exec, dir.path(), Vec::new());
+        assert!(t.snapshot());
+        let got = t.take_arrivals();
+        assert_eq!(texts(&got), ["old 3\n", "old 2\n", "old 1\n", "live\n"]);
+        assert_eq!(t.place_of(&got[0]), Some(Place::At(3)));
+        assert_eq!(t.place_of(&got[3]), Some(Place::At(0)));
+        assert!(t.snapshot());
+        assert!(t.take_arrivals().is_empty(), "nothing new the second time");
+        assert_eq!(t.lost(), 0, "pre-existing files are not counted as created");
+    }
+
+    #[test]
+    fn rotations_between_snapshots_are_found_in_order_and_nothing_is_counted_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = ChainTracker::new(SourceKind::Exec, dir.path(), Vec::new());
+        produce(dir.path(), &mut t, 0);
+        t.snapshot();
+        let mut all = t.take_arrivals();
+        for n in 1..=4 {
+            produce(dir.path(), &mut t, n);
+        }
+        t.snapshot();
+        all.extend(t.take_arrivals());
+        assert_eq!(texts(&all), (0..5).map(|n| format!("generation {n}\n")).collect::<Vec<_>>());
+        assert_eq!(t.lost(), 0);
+        assert!(all.iter().all(|g| g.take_lost_before() == 0));
+    }
+
+    #[test]
+    fn generations_rotated_away_unseen_are_counted_and_announced_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = ChainTracker::new(SourceKind::Exec, dir.path(), Vec::new());
+        produce(dir.path(), &mut t, 0);
+        t.snapshot();
+        let first = t.take_arrivals();
+        // Released, as ingest does once it has read a generation.
+        first[0].release();
+        // Seven rotations: the first two new generations are destroyed unseen.
+        for n in 1..=7 {
+            produce(dir.path(), &mut t, n);
+        }
+        t.snapshot();
+        let next = t.take_arrivals();
+        assert_eq!(next.len(), 5);
+        assert_eq!(t.lost(), 2);
+        assert_eq!(next[0].take_lost_before(), 2, "announced before the oldest generation seen after the loss");
+        assert!(next[1..].iter().all(|g| g.take_lost_before() == 0));
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("exec.log");
+        append(&live, b"first\n");
+        let mut t = ChainTracker::new(SourceKind::Exec, dir.path(), Vec::new());
+        t.snapshot();
+        let first = t.take_arrivals().remove(0);
+        first.release();
+        let old = first.identity.id;
+        let mut reused = false;
+        for _ in 0..50 {
+            std::fs::remove_file(&live).unwrap();
+            append(&live, b"first\n");
+            t.note_create();
+            if FileIdentity::of_path(&live).map(|i| i.id) == Some(old) {
+                reused = true;
+                break;
+            }
+        }
+        t.snapshot();
+        let got = t.take_arrivals();
+        assert_eq!(
+            got.len(),
+            1,
+            "the new file, same name, same first bytes{}",
+            if reused { ", reused inode" } else { "" }
+        );
+    }
+
+    #[test]
+    fn symlinks_and_fifos_named_like_the_chain_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("secret");
+        std::fs::write(&outside, b"secret\n").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("exec.log.1")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("exec.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut t = ChainTracker::new(SourceKind::Exec, dir.path(), Vec::new());
+        assert!(t.snapshot());
+        assert!(t.take_arrivals().is_empty());
+    }
+}

@@ -1,0 +1,1161 @@
+//! One sandbox epoch on disk, in its own directory:
+//!
+//! - `data`: the rendered bytes; byte N of `data` is byte N of `merged.log`. Dropped
+//!   ranges are holes punched into it (`fallocate(PUNCH_HOLE)`), so no offset moves.
+//! - `journal`: framed records ([`super::frame`]): a header, then one commit per ingest
+//!   batch, carrying where the batch's bytes end, their checksum, the checkpoints placed
+//!   in them, and the timeline's own payload (ops, generations, checkpoints), which the
+//!   store never interprets.
+//! - `segments`: an index of closed segments (the bytes between two segment
+//!   checkpoints, the unit of eviction): their range, time range, when they closed, and
+//!   where their starting checkpoint is in the journal. Its header holds the dropped
+//!   prefix.
+//!
+//! Order of writes for one commit: data, then journal, then the size is published. So a
+//! byte a reader was given is always covered by a complete journal record, and a crash
+//! at any moment leaves at most an unpublished tail, which recovery cuts.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::frame::{push_frame, FrameReader};
+use super::notice::{Missing, MissingRange, LINE_MIN};
+use crate::codec::{push_bytes, push_varint, push_zigzag, Decoder};
+
+/// Version of the on-disk format; state of another version starts a new epoch.
+pub const FORMAT_VERSION: u32 = 1;
+
+const HEADER_TAG: u8 = b'H';
+const COMMIT_TAG: u8 = b'C';
+const COMMIT_HAS_TS: u8 = 1;
+const COMMIT_UNSTORED: u8 = 2;
+
+const SEGMENTS_MAGIC: &[u8; 8] = b"MSBSEG01";
+const SEGMENTS_HEADER: u64 = 32;
+const ENTRY_LEN: u64 = 56;
+const ENTRY_UNSTORED: u32 = 1 << 31;
+
+/// Journal space kept preallocated ahead of its end, so a full state filesystem still
+/// lets msbfs record which ranges it could not keep.
+const JOURNAL_RESERVE: u64 = 64 << 10;
+/// Dead journal bytes (before the oldest retained segment) that trigger a rewrite.
+const COMPACT_AT: u64 = 256 << 10;
+
+/// Identity and bookkeeping of an epoch, the journal's first record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Random epoch id (in the `user.cursor` xattr).
+    pub epoch: u64,
+    /// First inode number of the epoch's block.
+    pub ino_base: u64,
+    /// When the epoch started, Unix milliseconds.
+    pub created_ms: i64,
+    /// Sandbox name.
+    pub name: String,
+    /// Identity of the sandbox directory (opaque to the store), to recognise it again.
+    pub owner: Vec<u8>,
+}
+
+/// A checkpoint placed inside a commit's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Offset in `merged.log` (within the commit's bytes, or at their end).
+    pub out: u64,
+    /// Where the checkpoint's record starts in the commit's payload.
+    pub payload_at: u32,
+    /// True when it starts a new segment (a unit of eviction); false for a resume
+    /// point only (placed at shutdown or restart).
+    pub boundary: bool,
+}
+
+/// One batch to append.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    /// Rendered bytes, appended at the current end.
+    pub bytes: &'a [u8],
+    /// The timeline's record of the batch (opaque here).
+    pub payload: &'a [u8],
+    /// Checkpoints placed in the batch, ascending.
+    pub cuts: &'a [Cut],
+    /// Earliest and latest timestamp of the rendered lines, if any.
+    pub ts_range: Option<(i64, i64)>,
+}
+
+/// A commit read back from the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCommit {
+    /// Logical journal offset of its frame.
+    pub journal_off: u64,
+    /// Offset of its first byte in `merged.log`.
+    pub data_start: u64,
+    /// Offset just past its bytes.
+    pub data_end: u64,
+    crc: u32,
+    committed_ms: i64,
+    ts_range: Option<(i64, i64)>,
+    unstored: bool,
+    /// Checkpoints placed in it.
+    pub cuts: Vec<Cut>,
+    /// The timeline's payload.
+    pub payload: Vec<u8>,
+}
+
+impl StoredCommit {
+    /// True when `bytes` are exactly this commit's bytes (length and checksum).
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() as u64 == self.data_end - self.data_start && crc32fast::hash(bytes) == self.crc
+    }
+
+    /// True when its bytes were never stored (the state filesystem was full).
+    pub fn is_unstored(&self) -> bool {
+        self.unstored
+    }
+}
+
+/// A closed segment, as indexed in `segments`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// First offset (a segment checkpoint).
+    pub start: u64,
+    /// Offset just past it (the next segment checkpoint).
+    pub end: u64,
+    /// Earliest timestamp in it.
+    pub min_ts: i64,
+    /// Latest timestamp in it.
+    pub max_ts: i64,
+    /// When it closed, Unix milliseconds (its age for eviction).
+    pub closed_ms: i64,
+    /// Logical journal offset of the commit holding its starting checkpoint.
+    pub journal_off: u64,
+    /// Index of that checkpoint among the commit's cuts.
+    pub cut: u32,
+    /// True when a range in it could not be stored.
+    pub unstored: bool,
+}
+
+impl Segment {
+    fn encode(&self) -> [u8; ENTRY_LEN as usize] {
+        let mut e = [0u8; ENTRY_LEN as usize];
+        for (i, v) in
+            [self.start, self.end, self.min_ts as u64, self.max_ts as u64, self.closed_ms as u64, self.journal_off]
+                .into_iter()
+                .enumerate()
+        {
+            e[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let cut = self.cut | if self.unstored { ENTRY_UNSTORED } else { 0 };
+        e[48..52].copy_from_slice(&cut.to_le_bytes());
+        let crc = crc32fast::hash(&e[..52]);
+        e[52..].copy_from_slice(&crc.to_le_bytes());
+        e
+    }
+
+    fn decode(e: &[u8]) -> Option<Segment> {
+        if e.len() != ENTRY_LEN as usize || crc32fast::hash(&e[..52]).to_le_bytes() != e[52..56] {
+            return None;
+        }
+        let w = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let cut = u32::from_le_bytes(e[48..52].try_into().expect("4 bytes"));
+        let seg = Segment {
+            start: w(0),
+            end: w(1),
+            min_ts: w(2) as i64,
+            max_ts: w(3) as i64,
+            closed_ms: w(4) as i64,
+            journal_off: w(5),
+            cut: cut & !ENTRY_UNSTORED,
+            unstored: cut & ENTRY_UNSTORED != 0,
+        };
+        (seg.start < seg.end).then_some(seg)
+    }
+}
+
+/// Where ingest resumes after a restart: a checkpoint and every commit from it on.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Commits from the one holding the checkpoint to the end, in order; empty when
+    /// nothing was committed yet.
+    pub commits: Vec<StoredCommit>,
+    /// Index in the first commit's cuts of the checkpoint: the last one, or the last
+    /// one before any damaged data.
+    pub resume_cut: usize,
+    /// Indices into `commits` whose data is missing or fails its checksum although
+    /// their journal record is intact: to be rendered again from the sources
+    /// ([`EpochStore::repair`]) or replaced by a notice ([`EpochStore::give_up`]).
+    pub damaged: Vec<usize>,
+    /// What recovery cut or found damaged, one line each (for the log).
+    pub repairs: Vec<String>,
+}
+
+/// Why a saved epoch cannot be resumed (a new epoch starts instead).
+#[derive(Debug)]
+pub struct Unreadable(pub String);
+
+/// The segment being filled.
+#[derive(Clone, Copy, Debug)]
+struct OpenSegment {
+    start: u64,
+    journal_off: u64,
+    cut: u32,
+    min_ts: i64,
+    max_ts: i64,
+    unstored: bool,
+}
+
+impl OpenSegment {
+    fn at(start: u64, journal_off: u64, cut: u32) -> OpenSegment {
+        OpenSegment { start, journal_off, cut, min_ts: i64::MAX, max_ts: i64::MIN, unstored: false }
+    }
+
+    fn close(&self, end: u64, closed_ms: i64) -> Segment {
+        Segment {
+            start: self.start,
+            end,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            closed_ms,
+            journal_off: self.journal_off,
+            cut: self.cut,
+            unstored: self.unstored,
+        }
+    }
+
+    fn widen(&mut self, ts: Option<(i64, i64)>) {
+        if let Some((lo, hi)) = ts {
+            self.min_ts = self.min_ts.min(lo);
+            self.max_ts = self.max_ts.max(hi);
+        }
+    }
+}
+
+/// Everything the appender changes, under one lock.
+#[derive(Debug)]
+struct Writer {
+    journal: Arc<File>,
+    /// Logical offset of the first byte after the header frame.
+    base: u64,
+    /// Physical length of the header frame.
+    header_len: u64,
+    /// Physical end of the valid journal.
+    journal_end: u64,
+    /// Physical length preallocated.
+    journal_reserved: u64,
+    segments: Arc<File>,
+    closed: u64,
+    /// Index of the first closed segment not dropped.
+    first_retained: u64,
+    open: OpenSegment,
+    /// Set once a write failed, so the failure is logged once, not per write.
+    warned_write: bool,
+}
+
+impl Writer {
+    fn logical(&self, physical: u64) -> u64 {
+        physical - self.header_len + self.base
+    }
+
+    fn physical(&self, logical: u64) -> Option<u64> {
+        logical.checked_sub(self.base).map(|l| l + self.header_len)
+    }
+}
+
+/// One sandbox epoch's store. Reads are lock-free `pread`s of `data` (or notice text
+/// for missing ranges); appends are serialised by ingest.
+#[derive(Debug)]
+pub struct EpochStore {
+    header: Header,
+    dir: PathBuf,
+    data: File,
+    size: AtomicU64,
+    dropped: AtomicU64,
+    /// Closed segments indexed (readable without the writer lock).
+    closed: AtomicU64,
+    /// Age of the oldest segment that can be dropped, `i64::MAX` when none.
+    oldest_closed_ms: AtomicI64,
+    has_unstored: AtomicBool,
+    unstored: RwLock<Vec<MissingRange>>,
+    writer: Mutex<Writer>,
+    /// Bytes this epoch occupies (retained data, journal, index).
+    footprint: AtomicU64,
+    /// The store-wide total the footprint is part of.
+    usage: Arc<AtomicU64>,
+    dirty: AtomicBool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(create).custom_flags(libc::O_CLOEXEC).open(path)
+}
+
+fn encode_header(h: &Header, base: u64) -> Vec<u8> {
+    let mut p = vec![HEADER_TAG];
+    push_varint(&mut p, u64::from(FORMAT_VERSION));
+    push_varint(&mut p, h.epoch);
+    push_varint(&mut p, h.ino_base);
+    push_zigzag(&mut p, h.created_ms);
+    push_varint(&mut p, base);
+    push_bytes(&mut p, h.name.as_bytes());
+    push_bytes(&mut p, &h.owner);
+    let mut frame = Vec::new();
+    push_frame(&mut frame, &p);
+    frame
+}
+
+fn decode_header(p: &[u8]) -> Result<(Header, u64), String> {
+    let mut d = Decoder::new(p);
+    if d.u8() != Some(HEADER_TAG) {
+        return Err("the journal does not start with a header".into());
+    }
+    let version = d.varint().ok_or("truncated header")?;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(format!("format version {version}, this msbfs reads version {FORMAT_VERSION}"));
+    }
+    let bad = || "malformed header".to_string();
+    let epoch = d.varint().ok_or_else(bad)?;
+    let ino_base = d.varint().ok_or_else(bad)?;
+    let created_ms = d.zigzag().ok_or_else(bad)?;
+    let base = d.varint().ok_or_else(bad)?;
+    let name = String::from_utf8(d.bytes(4096).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?;
+    let owner = d.bytes(4096).ok_or_else(bad)?.to_vec();
+    Ok((Header { epoch, ino_base, created_ms, name, owner }, base))
+}
+
+/// Decodes a journal header payload (for listing saved epochs).
+pub(crate) fn decode_header_payload(p: &[u8]) -> Result<Header, String> {
+    decode_header(p).map(|(h, _)| h)
+}
+
+fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: bool) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32 + c.payload.len() + c.cuts.len() * 8);
+    p.push(COMMIT_TAG);
+    push_varint(&mut p, data_start);
+    push_varint(&mut p, c.bytes.len() as u64);
+    p.extend_from_slice(&crc32fast::hash(c.bytes).to_le_bytes());
+    push_zigzag(&mut p, committed_ms);
+    let flags = if c.ts_range.is_some() { COMMIT_HAS_TS } else { 0 } | if unstored { COMMIT_UNSTORED } else { 0 };
+    p.push(flags);
+    if let Some((lo, hi)) = c.ts_range {
+        push_zigzag(&mut p, lo);
+        push_zigzag(&mut p, hi.wrapping_sub(lo));
+    }
+    push_varint(&mut p, c.cuts.len() as u64);
+    for cut in c.cuts {
+        push_varint(&mut p, cut.out - data_start);
+        push_varint(&mut p, u64::from(cut.payload_at));
+        p.push(u8::from(cut.boundary));
+    }
+    p.extend_from_slice(c.payload);
+    let mut frame = Vec::with_capacity(p.len() + 8);
+    push_frame(&mut frame, &p);
+    frame
+}
+
+fn decode_commit(journal_off: u64, p: &[u8]) -> Option<StoredCommit> {
+    let mut d = Decoder::new(p);
+    if d.u8()? != COMMIT_TAG {
+        return None;
+    }
+    let data_start = d.varint()?;
+    let data_end = data_start.checked_add(d.varint()?)?;
+    let crc = u32::from_le_bytes(d.take(4)?.try_into().ok()?);
+    let committed_ms = d.zigzag()?;
+    let flags = d.u8()?;
+    let ts_range = if flags & COMMIT_HAS_TS != 0 {
+        let lo = d.zigzag()?;
+        Some((lo, lo.wrapping_add(d.zigzag()?)))
+    } else {
+        None
+    };
+    let count = usize::try_from(d.varint()?).ok()?;
+    let mut cuts = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let out = data_start.checked_add(d.varint()?)?;
+        let payload_at = d.varint_u32()?;
+        let boundary = d.u8()? != 0;
+        if out > data_end || cuts.last().is_some_and(|c: &Cut| c.out > out) {
+            return None;
+        }
+        cuts.push(Cut { out, payload_at, boundary });
+    }
+    let payload = d.rest().to_vec();
+    if cuts.iter().any(|c| c.payload_at as usize > payload.len()) {
+        return None;
+    }
+    Some(StoredCommit {
+        journal_off,
+        data_start,
+        data_end,
+        crc,
+        committed_ms,
+        ts_range,
+        unstored: flags & COMMIT_UNSTORED != 0,
+        cuts,
+        payload,
+    })
+}
+
+fn segments_header(dropped: u64) -> [u8; SEGMENTS_HEADER as usize] {
+    let mut h = [0u8; SEGMENTS_HEADER as usize];
+    h[..8].copy_from_slice(SEGMENTS_MAGIC);
+    h[8..16].copy_from_slice(&dropped.to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn read_dropped(segments: &File) -> Option<u64> {
+    let mut h = [0u8; SEGMENTS_HEADER as usize];
+    segments.read_exact_at(&mut h, 0).ok()?;
+    (h[..8] == *SEGMENTS_MAGIC && crc32fast::hash(&h[..24]).to_le_bytes() == h[24..28])
+        .then(|| u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")))
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Frees the disk blocks of `[start, end)` of `file`, keeping its size.
+fn punch_hole(file: &File, start: u64, end: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reserves `[start, end)` of `file` on disk (extending it), so later writes there
+/// cannot fail for lack of space.
+fn preallocate(file: &File, start: u64, end: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, start as libc::off_t, (end - start) as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl EpochStore {
+    /// Creates a new, empty epoch in `dir` (which must not hold one).
+    pub fn create(dir: &Path, header: Header, usage: Arc<AtomicU64>) -> io::Result<EpochStore> {
+        std::fs::create_dir_all(dir)?;
+        let data = open_rw(&dir.join("data"), true)?;
+        data.set_len(0)?;
+        let segments = open_rw(&dir.join("segments"), true)?;
+        segments.set_len(0)?;
+        segments.write_all_at(&segments_header(0), 0)?;
+        let frame = encode_header(&header, 0);
+        let tmp = dir.join("journal.tmp");
+        let journal = open_rw(&tmp, true)?;
+        journal.set_len(0)?;
+        journal.write_all_at(&frame, 0)?;
+        journal.sync_data()?;
+        std::fs::rename(&tmp, dir.join("journal"))?;
+        File::open(dir)?.sync_all()?;
+        let header_len = frame.len() as u64;
+        let open = OpenSegment::at(0, 0, 0);
+        let writer = Writer {
+            journal: Arc::new(journal),
+            base: 0,
+            header_len,
+            journal_end: header_len,
+            journal_reserved: header_len,
+            segments: Arc::new(segments),
+            closed: 0,
+            first_retained: 0,
+            open,
+            warned_write: false,
+        };
+        let store = EpochStore::assemble(dir, header, data, writer, 0, 0, Vec::new(), usage);
+        store.account();
+        Ok(store)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dir: &Path,
+        header: Header,
+        data: File,
+        writer: Writer,
+        size: u64,
+        dropped: u64,
+        unstored: Vec<MissingRange>,
+        usage: Arc<AtomicU64>,
+    ) -> EpochStore {
+        let closed = writer.closed;
+        EpochStore {
+            header,
+            dir: dir.to_path_buf(),
+            data,
+            size: AtomicU64::new(size),
+            dropped: AtomicU64::new(dropped),
+            closed: AtomicU64::new(closed),
+            oldest_closed_ms: AtomicI64::new(i64::MAX),
+            has_unstored: AtomicBool::new(!unstored.is_empty()),
+            unstored: RwLock::new(unstored),
+            writer: Mutex::new(writer),
+            footprint: AtomicU64::new(0),
+            usage,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the epoch saved in `dir`, cutting any torn or inconsistent tail, and
+    /// returns it with what ingest needs to resume (and to repair damaged data).
+    pub fn open(dir: &Path, usage: Arc<AtomicU64>) -> Result<(EpochStore, Recovered), Unreadable> {
+        let io_err = |what: &str, e: io::Error| Unreadable(format!("{what}: {e}"));
+        let journal = open_rw(&dir.join("journal"), false).map_err(|e| io_err("journal", e))?;
+        let data = open_rw(&dir.join("data"), false).map_err(|e| io_err("data", e))?;
+        let segments = open_rw(&dir.join("segments"), true).map_err(|e| io_err("segments", e))?;
+        let mut repairs = Vec::new();
+
+        let mut frames = FrameReader::new(&journal, 0);
+        let (header, base, header_len) = match frames.next_frame().map_err(|e| io_err("journal", e))? {
+            Some((_, p)) => {
+                let (h, base) = decode_header(p).map_err(Unreadable)?;
+                (h, base, frames.position())
+            }
+            None => return Err(Unreadable("the journal header is torn or corrupt".into())),
+        };
+
+        // The segment index: cut a torn or corrupt tail.
+        let seg_len = segments.metadata().map_err(|e| io_err("segments", e))?.len();
+        let entries = seg_len.saturating_sub(SEGMENTS_HEADER) / ENTRY_LEN;
+        let mut closed = entries;
+        while closed > 0 && read_entry(&segments, closed - 1).is_none() {
+            closed -= 1;
+        }
+        if seg_len > SEGMENTS_HEADER + closed * ENTRY_LEN {
+            repairs.push(format!(
+                "segments: cut {} bytes of torn or corrupt index at the end",
+                seg_len - SEGMENTS_HEADER - closed * ENTRY_LEN
+            ));
+        }
+        let data_len = data.metadata().map_err(|e| io_err("data", e))?.len();
+        let dropped_saved = read_dropped(&segments);
+
+        // Scan the journal from the last indexed segment's checkpoint (re-deriving that
+        // entry); if no usable checkpoint is found there, from the one before, and so on.
+        let (mut commits, (resume_commit, resume_cut), damaged, journal_cut_at) = loop {
+            let anchor = closed.checked_sub(1).and_then(|i| read_entry(&segments, i)).filter(|s| s.journal_off >= base);
+            let scan_from = anchor.map_or(header_len, |s| s.journal_off - base + header_len);
+            let dropped = dropped_saved.unwrap_or_else(|| dropped_from_holes(&data, &segments, closed, 0));
+            let scan = scan_commits(&journal, &data, scan_from, header_len, base, data_len, dropped)
+                .map_err(|e| io_err("journal", e))?;
+            if let Some(found) = scan {
+                if anchor.is_some() {
+                    closed -= 1;
+                }
+                break found;
+            }
+            if anchor.is_none() {
+                return Err(Unreadable("the journal holds no checkpoint to resume from".into()));
+            }
+            repairs.push(format!("segments: entry {} points at no usable checkpoint; rebuilt", closed - 1));
+            closed -= 1;
+        };
+        let journal_len = journal.metadata().map_err(|e| io_err("journal", e))?.len();
+        if journal_cut_at < journal_len {
+            let mut probe = vec![0u8; (journal_len - journal_cut_at).min(4096) as usize];
+            // Preallocated zeros look like a torn tail; only report real damage.
+            if journal.read_exact_at(&mut probe, journal_cut_at).is_ok() && probe.iter().any(|&b| b != 0) {
+                repairs.push(format!("journal: cut a torn or corrupt record at offset {journal_cut_at}"));
+            }
+            journal.set_len(journal_cut_at).map_err(|e| io_err("journal", e))?;
+        }
+        let size = commits.last().map_or(0, |c| c.data_end);
+        if data_len > size {
+            data.set_len(size).map_err(|e| io_err("data", e))?;
+            repairs.push(format!("data: cut {} unpublished bytes after offset {size}", data_len - size));
+        }
+        for &i in &damaged {
+            let c: &StoredCommit = &commits[i];
+            repairs.push(format!("data: bytes {}..{} are missing or damaged", c.data_start, c.data_end));
+        }
+
+        // Rebuild the index entries the scanned commits close, and find the open segment.
+        let last = closed.checked_sub(1).and_then(|i| read_entry(&segments, i));
+        let mut open = OpenSegment {
+            start: last.map_or(0, |s| s.end),
+            journal_off: commits.first().map_or(base, |c| c.journal_off),
+            cut: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            unstored: false,
+        };
+        let mut unstored = Vec::new();
+        for c in &commits {
+            for (k, cut) in c.cuts.iter().enumerate() {
+                if !cut.boundary || cut.out < open.start {
+                    continue;
+                }
+                if cut.out > open.start {
+                    open.widen(c.ts_range);
+                    let seg = open.close(cut.out, c.committed_ms);
+                    segments
+                        .write_all_at(&seg.encode(), SEGMENTS_HEADER + closed * ENTRY_LEN)
+                        .map_err(|e| io_err("segments", e))?;
+                    closed += 1;
+                }
+                open = OpenSegment::at(cut.out, c.journal_off, k as u32);
+            }
+            open.widen(c.ts_range);
+            if c.unstored {
+                open.unstored = true;
+                unstored.extend(unstored_range(c));
+            }
+        }
+        segments.set_len(SEGMENTS_HEADER + closed * ENTRY_LEN).map_err(|e| io_err("segments", e))?;
+        if closed > entries {
+            repairs.push(format!("segments: rebuilt {} index entries from the journal", closed - entries));
+        }
+        let dropped = match dropped_saved {
+            Some(d) => d,
+            None => {
+                let d = dropped_from_holes(&data, &segments, closed, open.start);
+                repairs.push(format!("segments: header unreadable; dropped prefix taken from the data file: {d}"));
+                segments.write_all_at(&segments_header(d), 0).map_err(|e| io_err("segments", e))?;
+                d
+            }
+        };
+        let tail_from = commits.first().map_or(base, |c| c.journal_off);
+        unstored.extend(collect_unstored(&segments, closed, &journal, header_len, base, tail_from));
+        unstored.sort_by_key(|r| r.start);
+        unstored.dedup();
+        let first_retained = first_retained_index(&segments, closed, dropped);
+        let journal_end = journal.metadata().map_err(|e| io_err("journal", e))?.len();
+        let writer = Writer {
+            journal: Arc::new(journal),
+            base,
+            header_len,
+            journal_end,
+            journal_reserved: journal_end,
+            segments: Arc::new(segments),
+            closed,
+            first_retained,
+            open,
+            warned_write: false,
+        };
+        let store = EpochStore::assemble(dir, header, data, writer, size, dropped, unstored, usage);
+        store.account();
+        store.refresh_oldest();
+        let commits = commits.split_off(resume_commit);
+        let damaged = damaged.into_iter().map(|i| i - resume_commit).collect();
+        Ok((store, Recovered { commits, resume_cut, damaged, repairs }))
+    }
+
+    /// Writes back the bytes of damaged commit `commit` (re-rendered from the sources by
+    /// the caller). Returns false, writing nothing, unless they match its checksum.
+    pub fn repair(&self, commit: &StoredCommit, bytes: &[u8]) -> io::Result<bool> {
+        if !commit.matches(bytes) {
+            return Ok(false);
+        }
+        self.data.write_all_at(bytes, commit.data_start)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Replaces the bytes of damaged commit `commit`, which cannot be rendered again,
+    /// by a notice of the same length. The journal keeps the original checksum, so a
+    /// later start tries the sources again first.
+    pub fn give_up(&self, commit: &StoredCommit) -> io::Result<()> {
+        let range = MissingRange {
+            start: commit.data_start,
+            end: commit.data_end,
+            ts: commit.ts_range.map_or(commit.committed_ms, |(lo, _)| lo),
+            why: Missing::Damaged,
+        };
+        let mut text = Vec::new();
+        if commit.data_end - commit.data_start >= LINE_MIN as u64 {
+            range.render(0, commit.data_end - commit.data_start, &mut text);
+        } else {
+            text.resize((commit.data_end - commit.data_start) as usize, b'\n');
+        }
+        self.data.write_all_at(&text, commit.data_start)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The epoch's identity.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes in `merged.log`; only grows.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Offsets below this read as a dropped-range notice.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Bytes this epoch occupies on disk (retained data, journal, index).
+    pub fn footprint(&self) -> u64 {
+        self.footprint.load(Ordering::Relaxed)
+    }
+
+    /// Age of its oldest droppable segment (Unix ms), `None` when nothing can be dropped.
+    pub fn oldest_droppable_ms(&self) -> Option<i64> {
+        Some(self.oldest_closed_ms.load(Ordering::Relaxed)).filter(|ms| *ms != i64::MAX)
+    }
+
+    fn account(&self) {
+        let (journal, segments) = {
+            let w = self.writer.lock();
+            (w.journal_reserved.max(w.journal_end), SEGMENTS_HEADER + w.closed * ENTRY_LEN)
+        };
+        let now = self.size().saturating_sub(self.dropped()) + journal + segments;
+        let before = self.footprint.swap(now, Ordering::Relaxed);
+        if now >= before {
+            self.usage.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.usage.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes this epoch's footprint from the store-wide total (its files are deleted).
+    pub fn forget_footprint(&self) {
+        let before = self.footprint.swap(0, Ordering::Relaxed);
+        self.usage.fetch_sub(before, Ordering::Relaxed);
+    }
+
+    fn refresh_oldest(&self) {
+        let w = self.writer.lock();
+        let ms = if w.first_retained < w.closed {
+            read_entry(&w.segments, w.first_retained).map_or(i64::MAX, |s| s.closed_ms)
+        } else {
+            i64::MAX
+        };
+        self.oldest_closed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Appends a batch: its bytes to `data`, its record to the journal, then publishes the
+    /// new size. When the state filesystem is full the bytes are recorded as a range
+    /// that could not be stored (read as a notice), and the size still grows.
+    pub fn append(&self, commit: &Commit<'_>) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        let start = self.size();
+        let end = start + commit.bytes.len() as u64;
+        let mut unstored = false;
+        if !commit.bytes.is_empty() {
+            if let Err(e) = self.data.write_all_at(commit.bytes, start) {
+                if !is_no_space(&e) {
+                    return Err(e);
+                }
+                unstored = true;
+            }
+        }
+        let now = now_ms();
+        let frame = encode_commit(commit, start, now, unstored);
+        let at = w.journal_end;
+        let logical = w.logical(at);
+        self.reserve_journal(&mut w, frame.len() as u64);
+        match w.journal.write_all_at(&frame, at) {
+            Ok(()) => w.journal_end += frame.len() as u64,
+            Err(e) if !w.warned_write => {
+                w.warned_write = true;
+                tracing::warn!(
+                    sandbox = ?self.header.name,
+                    "cannot write the store's journal ({e}); what msbfs shows now may not survive a restart"
+                );
+            }
+            Err(_) => {}
+        }
+        // Close the segment at each boundary checkpoint; the next one starts there.
+        for (k, cut) in commit.cuts.iter().enumerate() {
+            if !cut.boundary {
+                continue;
+            }
+            if cut.out > w.open.start {
+                w.open.widen(commit.ts_range);
+                let seg = w.open.close(cut.out, now);
+                let at = SEGMENTS_HEADER + w.closed * ENTRY_LEN;
+                if w.segments.write_all_at(&seg.encode(), at).is_ok() {
+                    w.closed += 1;
+                    self.closed.store(w.closed, Ordering::Release);
+                }
+            }
+            w.open = OpenSegment::at(cut.out, logical, k as u32);
+        }
+        w.open.widen(commit.ts_range);
+        if unstored {
+            w.open.unstored = true;
+            let ts = commit.ts_range.map_or(now, |(lo, _)| lo);
+            let range = MissingRange { start, end, ts, why: Missing::Unstored };
+            self.unstored.write().push(range);
+            self.has_unstored.store(true, Ordering::Release);
+            if !w.warned_write {
+                w.warned_write = true;
+                tracing::warn!(
+                    sandbox = ?self.header.name,
+                    "the msbfs state filesystem is full: {} bytes at offset {start} could not be stored and read as a notice",
+                    commit.bytes.len()
+                );
+            }
+        } else if w.warned_write {
+            w.warned_write = false;
+            tracing::info!(sandbox = ?self.header.name, "the store accepts writes again");
+        }
+        drop(w);
+        self.size.store(end, Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
+        self.account();
+        if self.oldest_closed_ms.load(Ordering::Relaxed) == i64::MAX {
+            self.refresh_oldest();
+        }
+        Ok(())
+    }
+
+    /// Keeps [`JOURNAL_RESERVE`] bytes preallocated past the journal's end.
+    fn reserve_journal(&self, w: &mut Writer, need: u64) {
+        let want = w.journal_end + need;
+        if want + JOURNAL_RESERVE / 4 <= w.journal_reserved {
+            return;
+        }
+        let target = want + JOURNAL_RESERVE;
+        if preallocate(&w.journal, w.journal_reserved.max(w.journal_end), target).is_ok() {
+            w.journal_reserved = target;
+        }
+    }
+
+    /// Reads up to `max` bytes at `offset` (fewer at the end, none past it). Missing
+    /// ranges read as their notice text; every handle sees the same byte at the same
+    /// offset.
+    pub fn read(&self, offset: u64, max: usize) -> io::Result<Vec<u8>> {
+        let size = self.size();
+        if offset >= size || max == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset.saturating_add(max as u64));
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let dropped = self.dropped();
+            if pos < dropped {
+                let range = self.dropped_range_at(pos);
+                let to = end.min(range.end);
+                range.render(pos - range.start, to - range.start, &mut out);
+                pos = to;
+                continue;
+            }
+            let mut to = end;
+            if self.has_unstored.load(Ordering::Acquire) {
+                let ranges = self.unstored.read();
+                let i = ranges.partition_point(|r| r.end <= pos);
+                if let Some(r) = ranges.get(i).filter(|r| r.start < end) {
+                    if r.start <= pos {
+                        let to = end.min(r.end);
+                        r.render(pos - r.start, to - r.start, &mut out);
+                        pos = to;
+                        continue;
+                    }
+                    to = r.start;
+                }
+            }
+            let at = out.len();
+            out.resize(at + (to - pos) as usize, 0);
+            self.data.read_exact_at(&mut out[at..], pos)?;
+            if self.dropped() > pos {
+                // Dropped while we read (the hole may have been punched): read it
+                // again as the notice.
+                out.truncate(at);
+                continue;
+            }
+            pos = to;
+        }
+        Ok(out)
+    }
+
+    /// The dropped segment holding `pos` (below the dropped prefix), as a notice range.
+    fn dropped_range_at(&self, pos: u64) -> MissingRange {
+        let segments = self.writer.lock().segments.clone();
+        let closed = self.closed.load(Ordering::Acquire);
+        let (mut lo, mut hi) = (0u64, closed);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match read_entry(&segments, mid) {
+                Some(seg) if seg.end <= pos => lo = mid + 1,
+                Some(seg) if seg.start > pos => hi = mid,
+                Some(seg) => {
+                    return MissingRange { start: seg.start, end: seg.end, ts: seg.min_ts, why: Missing::Dropped }
+                }
+                None => break,
+            }
+        }
+        // An index entry is unreadable: one notice for the whole dropped prefix.
+        MissingRange { start: 0, end: self.dropped().max(LINE_MIN as u64), ts: 0, why: Missing::Dropped }
+    }
+
+    /// Drops the oldest retained closed segment: its range reads as a notice from now on
+    /// and its disk blocks are freed. Returns the bytes freed, `None` if only the open
+    /// segment is left.
+    pub fn drop_oldest(&self) -> Option<u64> {
+        let mut w = self.writer.lock();
+        if w.first_retained >= w.closed {
+            return None;
+        }
+        let seg = read_entry(&w.segments, w.first_retained)?;
+        if let Err(e) = w.segments.write_all_at(&segments_header(seg.end), 0) {
+            tracing::warn!(sandbox = ?self.header.name, "cannot record a dropped range: {e}");
+            return None;
+        }
+        self.dropped.store(seg.end, Ordering::Release);
+        if let Err(e) = punch_hole(&self.data, seg.start, seg.end) {
+            tracing::debug!(sandbox = ?self.header.name, "cannot free disk blocks of a dropped range: {e}");
+        }
+        w.first_retained += 1;
+        self.compact_journal(&mut w);
+        drop(w);
+        self.refresh_oldest();
+        self.account();
+        Some(seg.end - seg.start)
+    }
+
+    /// Rewrites the journal without the records of dropped segments, once they are
+    /// many. Offsets recorded in the index are logical, so they stay valid.
+    fn compact_journal(&self, w: &mut Writer) {
+        let keep_from = if w.first_retained < w.closed {
+            match read_entry(&w.segments, w.first_retained) {
+                Some(seg) => seg.journal_off,
+                None => return,
+            }
+        } else {
+            w.open.journal_off
+        };
+        let Some(keep_phys) = w.physical(keep_from) else { return };
+        if keep_phys - w.header_len < COMPACT_AT.max(w.journal_end - keep_phys) {
+            return;
+        }
+        let result = (|| -> io::Result<(File, u64)> {
+            let frame = encode_header(&self.header, keep_from);
+            let tmp = self.dir.join("journal.tmp");
+            let file = open_rw(&tmp, true)?;
+            file.set_len(0)?;
+            file.write_all_at(&frame, 0)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut from = keep_phys;
+            let mut to = frame.len() as u64;
+            while from < w.journal_end {
+                let n = buf.len().min((w.journal_end - from) as usize);
+                w.journal.read_exact_at(&mut buf[..n], from)?;
+                file.write_all_at(&buf[..n], to)?;
+                from += n as u64;
+                to += n as u64;
+            }
+            file.sync_data()?;
+            std::fs::rename(&tmp, self.dir.join("journal"))?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok((file, frame.len() as u64))
+        })();
+        match result {
+            Ok((file, header_len)) => {
+                w.journal_end = w.journal_end - keep_phys + header_len;
+                w.journal_reserved = w.journal_end;
+                w.journal = Arc::new(file);
+                w.base = keep_from;
+                w.header_len = header_len;
+            }
+            Err(e) => tracing::warn!(sandbox = ?self.header.name, "cannot compact the journal: {e}"),
+        }
+    }
+
+    /// Makes everything appended so far durable (`fdatasync` of data, index, journal).
+    pub fn sync(&self) -> io::Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (journal, segments) = {
+            let w = self.writer.lock();
+            (w.journal.clone(), w.segments.clone())
+        };
+        self.data.sync_data()?;
+        segments.sync_data()?;
+        journal.sync_data()
+    }
+
+    /// Every closed segment not dropped, oldest first (for verification and views).
+    pub fn retained_segments(&self) -> Vec<Segment> {
+        let w = self.writer.lock();
+        (w.first_retained..w.closed).filter_map(|i| read_entry(&w.segments, i)).collect()
+    }
+
+    /// The segment being filled: its start and where its checkpoint is in the journal
+    /// (logical offset of the commit, index of the cut).
+    pub fn open_segment(&self) -> (u64, u64, u32) {
+        let w = self.writer.lock();
+        (w.open.start, w.open.journal_off, w.open.cut)
+    }
+
+    /// Commits from logical journal offset `from` on, in order, while `more` says so
+    /// (replay of a segment reads only as far as it needs).
+    pub fn commits_from(&self, from: u64, mut more: impl FnMut(&StoredCommit) -> bool) -> io::Result<()> {
+        let (journal, header_len, base, end) = {
+            let w = self.writer.lock();
+            (w.journal.clone(), w.header_len, w.base, w.journal_end)
+        };
+        let Some(phys) = from.checked_sub(base).map(|l| l + header_len) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "that part of the journal was compacted away"));
+        };
+        let mut reader = FrameReader::new(&journal, phys);
+        while let Some((at, p)) = reader.next_frame()? {
+            if at >= end {
+                break;
+            }
+            let commit = decode_commit(at - header_len + base, p)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed commit record"))?;
+            if !more(&commit) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a scan of the journal found: the commits, the chosen checkpoint (commit index,
+/// cut index), the damaged commits, and the physical offset where the valid journal
+/// ends.
+type Scan = (Vec<StoredCommit>, (usize, usize), Vec<usize>, u64);
+
+/// Reads the commits from physical offset `from`, checks that they chain and that
+/// their data is present with the recorded checksum (below `dropped` it was punched
+/// out on purpose), and picks the last checkpoint before any damage. `None` when no
+/// usable checkpoint is there.
+fn scan_commits(
+    journal: &File,
+    data: &File,
+    from: u64,
+    header_len: u64,
+    base: u64,
+    data_len: u64,
+    dropped: u64,
+) -> io::Result<Option<Scan>> {
+    let mut reader = FrameReader::new(journal, from);
+    let mut commits: Vec<StoredCommit> = Vec::new();
+    let valid_end = loop {
+        match reader.next_frame()? {
+            Some((at, p)) => match decode_commit(at - header_len + base, p) {
+                Some(c) if commits.last().is_none_or(|l| l.data_end == c.data_start) => commits.push(c),
+                _ => break at,
+            },
+            None => break reader.position(),
+        }
+    };
+    if commits.is_empty() {
+        // Nothing was committed yet: an empty epoch.
+        return Ok((from == header_len).then_some((commits, (0, 0), Vec::new(), valid_end)));
+    }
+    let mut damaged = Vec::new();
+    let mut buf = Vec::new();
+    for (i, c) in commits.iter().enumerate() {
+        if c.unstored || c.data_start < dropped {
+            continue;
+        }
+        let intact = c.data_end <= data_len && {
+            buf.resize((c.data_end - c.data_start) as usize, 0);
+            data.read_exact_at(&mut buf, c.data_start).is_ok() && crc32fast::hash(&buf) == c.crc
+        };
+        if !intact {
+            damaged.push(i);
+        }
+    }
+    let limit = damaged.first().map_or(u64::MAX, |&i| commits[i].data_start);
+    let choice = commits
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, c)| c.cuts.iter().enumerate().map(move |(k, cut)| (ci, k, cut.out)))
+        .rfind(|&(_, _, out)| out <= limit);
+    let Some((ci, k, _)) = choice else { return Ok(None) };
+    Ok(Some((commits, (ci, k), damaged, valid_end)))
+}
+
+fn read_entry(segments: &File, index: u64) -> Option<Segment> {
+    let mut e = [0u8; ENTRY_LEN as usize];
+    segments.read_exact_at(&mut e, SEGMENTS_HEADER + index * ENTRY_LEN).ok()?;
+    Segment::decode(&e)
+}
+
+fn unstored_range(c: &StoredCommit) -> Option<MissingRange> {
+    (c.data_end - c.data_start >= LINE_MIN as u64).then(|| MissingRange {
+        start: c.data_start,
+        end: c.data_end,
+        ts: c.ts_range.map_or(c.committed_ms, |(lo, _)| lo),
+        why: Missing::Unstored,
+    })
+}
+
+/// Unstored ranges of retained closed segments older than the journal tail recovery
+/// read (each indexed segment says whether it holds one).
+fn collect_unstored(
+    segments: &File,
+    closed: u64,
+    journal: &File,
+    header_len: u64,
+    base: u64,
+    tail_from: u64,
+) -> Vec<MissingRange> {
+    let mut out = Vec::new();
+    let Some(first) = (0..closed).filter_map(|i| read_entry(segments, i)).find(|s| s.unstored) else {
+        return out;
+    };
+    let Some(phys) = first.journal_off.checked_sub(base).map(|l| l + header_len) else { return out };
+    let mut reader = FrameReader::new(journal, phys);
+    while let Ok(Some((at, p))) = reader.next_frame() {
+        let logical = at - header_len + base;
+        if logical >= tail_from {
+            break;
+        }
+        if let Some(c) = decode_commit(logical, p).filter(|c| c.unstored) {
+            out.extend(unstored_range(&c));
+        }
+    }
+    out
+}
+
+/// The dropped prefix when the index header is unreadable: the first segment start at
+/// or after the first byte of data that is not a hole.
+fn dropped_from_holes(data: &File, segments: &File, closed: u64, open_start: u64) -> u64 {
+    // SAFETY: lseek on a descriptor we own.
+    let first_data = unsafe { libc::lseek(data.as_raw_fd(), 0, libc::SEEK_DATA) };
+    if first_data <= 0 {
+        return if first_data == 0 { 0 } else { open_start };
+    }
+    let first_data = first_data as u64;
+    (0..closed)
+        .filter_map(|i| read_entry(segments, i))
+        .map(|s| s.start)
+        .find(|&s| s >= first_data)
+        .unwrap_or(open_start)
+}
+
+fn first_retained_index(segments: &File, closed: u64, dropped: u64) -> u64 {
+    (0..closed).find(|&i| read_entry(segments, i).is_some_and(|s| s.start >= dropped)).unwrap_or(closed)
+}
+
+#[cfg(test)]
+mod tests;
