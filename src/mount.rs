@@ -66,22 +66,29 @@ pub fn default_home() -> PathBuf {
     user_home.join(".microsandbox")
 }
 
-/// Checks the mountpoint, detaching a mount left stale by a crashed daemon.
+/// Most stale mounts detached from one mountpoint (they can be stacked).
+const MAX_STALE: usize = 8;
+
+/// Checks the mountpoint, detaching mounts left stale by crashed daemons.
 fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
-    let meta = match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "stale mount (transport endpoint is not connected); detaching it");
-            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| MountError::Usage(format!("cannot detach stale mount {}: {e}", mountpoint.display())))?;
-            std::fs::metadata(mountpoint)
+    let usage = |e: std::io::Error| MountError::Usage(format!("mountpoint {}: {e}", mountpoint.display()));
+    for _ in 0..MAX_STALE {
+        // A dead FUSE mount may still answer `stat` from its attribute cache for a
+        // while, but never `readdir`.
+        let stale = std::fs::read_dir(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+            || std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        if !stale {
+            return match std::fs::metadata(mountpoint) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(MountError::Usage(format!("mountpoint {} is not a directory", mountpoint.display()))),
+                Err(e) => Err(usage(e)),
+            };
         }
-        other => other,
-    };
-    match meta {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(MountError::Usage(format!("mountpoint {} is not a directory", mountpoint.display()))),
-        Err(e) => Err(MountError::Usage(format!("mountpoint {}: {e}", mountpoint.display()))),
+        tracing::warn!(mountpoint = %mountpoint.display(), "stale mount (transport endpoint is not connected); detaching it");
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| MountError::Usage(format!("cannot detach stale mount {}: {e}", mountpoint.display())))?;
     }
+    Err(usage(std::io::Error::from_raw_os_error(libc::ENOTCONN)))
 }
 
 /// Checks that `home` holds a `sandboxes/` directory.

@@ -59,13 +59,15 @@ impl MissingRange {
         }
     }
 
-    /// Start and length of the line holding range-relative offset `rel`.
-    fn line_at(&self, rel: u64) -> (u64, u64) {
+    /// Start and length of the line holding range-relative offset `rel`. Every line
+    /// is long enough for the whole message, unless the range itself is shorter.
+    fn line_at(&self, rel: u64, message_len: usize) -> (u64, u64) {
         let len = self.end - self.start;
         let full = LINE_MAX as u64;
         let rest = len % full;
+        let min = (LINE_MIN + message_len) as u64;
         // Where the regular full lines stop: the last one shares with a short rest.
-        let shared_from = if rest != 0 && rest < LINE_MIN as u64 && len > full { len - rest - full } else { len };
+        let shared_from = if rest != 0 && rest < min && len > full { len - rest - full } else { len };
         if rel < shared_from {
             let start = rel / full * full;
             return (start, full.min(len - start));
@@ -85,7 +87,7 @@ impl MissingRange {
         let mut rel = from;
         let mut line = Vec::with_capacity(LINE_MAX);
         while rel < to {
-            let (line_start, line_len) = self.line_at(rel);
+            let (line_start, line_len) = self.line_at(rel, message.len());
             line.clear();
             push_timestamp(&mut line, self.ts);
             line.extend_from_slice(PREFIX);
@@ -113,13 +115,22 @@ mod tests {
 
     #[test]
     fn text_has_exactly_the_range_length_in_short_lines_ending_at_the_end() {
-        for len in [LINE_MIN as u64, 100, 4095, 4096, 4097, 4096 + 31, 4096 + 32, 8192 + 5, 262_144, 1_000_003] {
+        for len in
+            [LINE_MIN as u64, 100, 4095, 4096, 4097, 4096 + 31, 4096 + 32, 4096 + 150, 8192 + 5, 262_144, 1_000_003]
+        {
             let range = MissingRange { start: 1000, end: 1000 + len, ts: 0, why: Missing::Dropped };
             let text = whole(&range);
             assert_eq!(text.len() as u64, len, "len {len}");
             assert!(text.ends_with(b"\n"));
+            let message = range.message();
             for line in text[..text.len() - 1].split(|&b| b == b'\n') {
                 assert!(line.len() < LINE_MAX && line.len() + 1 >= LINE_MIN, "len {len}: line of {}", line.len());
+                if len >= 4096 {
+                    assert!(
+                        line.windows(message.len()).any(|w| w == message.as_bytes()),
+                        "len {len}: every line says it all"
+                    );
+                }
                 assert!(line.starts_with(b"1970-01-01T00:00:00.000Z msbfs "), "{}", String::from_utf8_lossy(line));
             }
         }
