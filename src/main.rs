@@ -47,6 +47,9 @@ enum Command {
         /// at most 4G]; the oldest bytes beyond it read as a notice of the same length.
         #[arg(long, value_parser = parse_size_arg)]
         max_store: Option<u64>,
+        /// Benchmark only: serve a /.bench-ceiling file of this size from memory.
+        #[arg(long, hide = true, value_parser = parse_size_arg)]
+        bench_ceiling: Option<u64>,
     },
     /// Write logs exactly like microsandbox does, for tests, demos and benchmarks.
     Simulate {
@@ -129,6 +132,7 @@ fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
         allow_other: false,
         state_dir: home.join("msbfs-state"),
         max_store: None,
+        bench_ceiling: None,
     };
     let file = mountpoint.join("demo").join("merged.log");
     let result = mount::serve(&opts, || {
@@ -166,10 +170,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Mount { mountpoint, home, allow_other, state_dir, max_store } => {
+        Command::Mount { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling } => {
             let home = home.unwrap_or_else(mount::default_home);
             let state_dir = state_dir.unwrap_or_else(msbfs::store::default_state_root);
-            exit_for(mount::serve(&MountOptions { mountpoint, home, allow_other, state_dir, max_store }, || {}))
+            let opts = MountOptions { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling };
+            exit_for(mount::serve(&opts, || {}))
         }
         Command::Simulate { home, name, lines, rate, rotate_bytes, seed, chunking, start } => {
             let start_ms = match start.as_deref() {

@@ -28,6 +28,8 @@ pub struct MountOptions {
     pub state_dir: PathBuf,
     /// The store's budget in bytes (`None`: 10 % of the state filesystem, at most 4 GiB).
     pub max_store: Option<u64>,
+    /// Size of the benchmark-only `/.bench-ceiling` file, if wanted.
+    pub bench_ceiling: Option<u64>,
 }
 
 /// How often the store is made durable.
@@ -159,7 +161,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
 
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = Fs::new(owner);
+    let fs = Fs::with_ceiling(owner, opts.bench_ceiling);
     let syncer = Syncer::start(store.clone(), SYNC_EVERY)?;
     let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone())?;
     let acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };

@@ -356,3 +356,71 @@ fn bad_or_shared_state_directories_are_refused() {
     assert!(second.is_mounted());
     assert!(Path::new(&other).join("two/merged.log").exists());
 }
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The state filesystem fills up (with something else's file): msbfs drops its own
+/// oldest bytes to make room, keeps the mount and the live end, warns once, and
+/// announces at its place each range it could not keep; once there is room again it
+/// stores what comes next.
+#[test]
+fn a_full_state_filesystem_keeps_the_mount_and_announces_what_it_could_not_keep() {
+    let env = Env::new();
+    let logs = env.logs_dir("full");
+    let merged = env.merged("full");
+    let state = Tmpfs::mount(&env.state(), "6m");
+    let m = env.mount_with(&["--max-store", "1G"]);
+    let free = {
+        let st = nix::sys::statvfs::statvfs(&state.0).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    };
+    let filler = state.0.join("filler");
+    // Less room than one batch, nothing old to drop yet: batches cannot be kept.
+    fs::write(&filler, vec![b'x'; (free - (200 << 10)) as usize]).unwrap();
+    let mut sim = simulator(&env, "full", 10 << 20, 12);
+    steps(&mut sim, 40_000);
+    wait_caught_up(&logs, &merged, Duration::from_secs(30));
+    let all = read_all(&merged);
+    assert_eq!(all.len() as u64, fs::metadata(&merged).unwrap().len());
+    assert!(!all.contains(&0), "no byte is served that was never written");
+    assert!(memchr::memmem::find(&all, b"could not be stored (the msbfs state filesystem was full)").is_some());
+    assert!(m.is_mounted());
+    // Room again: what comes next is stored.
+    fs::remove_file(&filler).unwrap();
+    steps(&mut sim, 2000);
+    wait_caught_up(&logs, &merged, Duration::from_secs(30));
+    let after = read_all(&merged);
+    assert!(after.starts_with(&all), "nothing served before changed");
+    let rep = check(&after, sim.summary(), Expect::Tail);
+    let log = m.stderr();
+    assert_eq!(log.matches("state filesystem is full").count(), 1, "one warning:\n{log}");
+    assert!(log.contains("accepts writes again"), "{log}");
+    eprintln!(
+        "{} bytes, {} dropped-notice lines, {} lines missing under {} notices",
+        after.len(),
+        rep.dropped_lines,
+        rep.missing,
+        rep.notices.len()
+    );
+    drop(m);
+}

@@ -8,6 +8,7 @@
 //! is a new file with offsets from 0. Every handle reads the same bytes at the same
 //! offsets: a read is a read of the store.
 
+pub mod ceiling;
 pub mod cursor;
 pub mod follow;
 
@@ -138,11 +139,13 @@ struct Nodes {
 /// The filesystem model.
 pub struct Fs {
     nodes: RwLock<Nodes>,
-    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    handles: RwLock<HashMap<u64, Arc<Mutex<Handle>>>>,
     next_fh: AtomicU64,
     follow: Arc<Follow>,
     owner: (u32, u32),
     started_ms: i64,
+    /// Size of the benchmark-only [`ceiling`] file, when enabled.
+    ceiling: Option<u64>,
     me: Weak<Fs>,
 }
 
@@ -153,15 +156,34 @@ fn now_ms() -> i64 {
 impl Fs {
     /// An empty filesystem; the root is owned by `owner` (uid, gid).
     pub fn new(owner: (u32, u32)) -> Arc<Fs> {
+        Fs::with_ceiling(owner, None)
+    }
+
+    /// Like [`Fs::new`], with the benchmark-only [`ceiling`] file of `ceiling` bytes.
+    pub fn with_ceiling(owner: (u32, u32), ceiling: Option<u64>) -> Arc<Fs> {
         Arc::new_cyclic(|me| Fs {
             nodes: RwLock::new(Nodes::default()),
-            handles: Mutex::new(HashMap::new()),
+            handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             follow: Follow::new(),
             owner,
             started_ms: now_ms(),
+            ceiling,
             me: me.clone(),
         })
+    }
+
+    fn ceiling_attr(&self, size: u64) -> Attr {
+        Attr {
+            ino: ceiling::INO,
+            kind: NodeKind::File,
+            size,
+            perm: 0o444,
+            nlink: 1,
+            uid: self.owner.0,
+            gid: self.owner.1,
+            mtime_ms: self.started_ms,
+        }
     }
 
     fn root_attr(&self) -> Attr {
@@ -213,6 +235,9 @@ impl Fs {
     /// Looks up `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         if parent == ROOT_INO {
+            if let (Some(size), ceiling::NAME) = (self.ceiling, name) {
+                return Ok(self.ceiling_attr(size));
+            }
             let node = self.nodes.read().by_name.get(name).cloned().ok_or(FsError::NotFound)?;
             return Ok(Self::dir_attr(&node));
         }
@@ -231,6 +256,9 @@ impl Fs {
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if ino == ROOT_INO {
             return Ok(self.root_attr());
+        }
+        if let (Some(size), ceiling::INO) = (self.ceiling, ino) {
+            return Ok(self.ceiling_attr(size));
         }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
         if ino == node.dir_ino {
@@ -252,6 +280,9 @@ impl Fs {
                 kind: NodeKind::Dir,
                 name: n.name.clone(),
             }));
+            if self.ceiling.is_some() {
+                out.push(DirEntry { ino: ceiling::INO, kind: NodeKind::File, name: ceiling::NAME.into() });
+            }
             return Ok(out);
         }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
@@ -274,26 +305,32 @@ impl Fs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
         }
+        if self.ceiling.is_some() && ino == ceiling::INO {
+            return Ok(ceiling::FH);
+        }
         let node = self.node(ino).ok_or(FsError::NotFound)?;
         if ino != node.file_ino {
             return Err(FsError::IsDir);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Handle { node, nonblock: flags & libc::O_NONBLOCK != 0, eofs: 0 };
-        self.handles.lock().insert(fh, Arc::new(Mutex::new(handle)));
+        self.handles.write().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
 
     /// Closes handle `fh`.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        self.handles.write().remove(&fh);
     }
 
     /// Reads up to `size` bytes at `offset` of handle `fh`. `flags` are the file's
     /// current flags (for `O_NONBLOCK`), `pid` the reading thread (for the signal
     /// watchdog). The reply may come later, from another thread (follow mode).
     pub fn read(&self, fh: u64, offset: u64, size: u32, flags: i32, pid: u32, reply: Box<dyn ReadReply>) {
-        let Some(handle) = self.handles.lock().get(&fh).cloned() else {
+        if let (Some(total), ceiling::FH) = (self.ceiling, fh) {
+            return reply.data(ceiling::read(total, offset, size as usize));
+        }
+        let Some(handle) = self.handles.read().get(&fh).cloned() else {
             return reply.error(FsError::BadHandle);
         };
         let (attempt, node) = {
@@ -341,7 +378,7 @@ impl Fs {
     fn wake(&self, node: &Arc<SandboxNode>) {
         let mut still = Vec::new();
         for read in self.follow.take_for(node) {
-            let handle = self.handles.lock().get(&read.fh).cloned();
+            let handle = self.handles.read().get(&read.fh).cloned();
             let Some(handle) = handle else {
                 read.reply.data(&[]);
                 continue;

@@ -45,6 +45,14 @@ const ENTRY_UNSTORED: u32 = 1 << 31;
 /// Journal space kept preallocated ahead of its end, so a full state filesystem still
 /// lets msbfs record which ranges it could not keep.
 const JOURNAL_RESERVE: u64 = 64 << 10;
+/// Index entries kept preallocated ahead.
+const SEGMENTS_RESERVE: u64 = 64;
+/// Segments dropped to make room for one batch before it is given up.
+const MAX_RECLAIM: usize = 64;
+
+/// Frees disk space for a full state filesystem; true when it freed something.
+pub type Reclaim = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Dead journal bytes (before the oldest retained segment) that trigger a rewrite.
 const COMPACT_AT: u64 = 256 << 10;
 
@@ -248,15 +256,31 @@ struct Writer {
     /// Physical length preallocated.
     journal_reserved: u64,
     segments: Arc<File>,
+    /// Length of `segments` preallocated (zeros past the last entry read as torn).
+    segments_reserved: u64,
     closed: u64,
     /// Index of the first closed segment not dropped.
     first_retained: u64,
     open: OpenSegment,
-    /// Set once a write failed, so the failure is logged once, not per write.
-    warned_write: bool,
+    /// When a write failure was last warned about (at most one warning a minute).
+    last_warning: Option<std::time::Instant>,
+    /// Batches that could not be stored since writes last succeeded.
+    not_kept: u64,
 }
 
+/// Shortest time between two warnings about writes failing.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Writer {
+    /// True when a write failure may be warned about now (once a minute at most).
+    fn may_warn(&mut self) -> bool {
+        let due = self.last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            self.last_warning = Some(std::time::Instant::now());
+        }
+        due
+    }
+
     fn logical(&self, physical: u64) -> u64 {
         physical - self.header_len + self.base
     }
@@ -268,7 +292,6 @@ impl Writer {
 
 /// One sandbox epoch's store. Reads are lock-free `pread`s of `data` (or notice text
 /// for missing ranges); appends are serialised by ingest.
-#[derive(Debug)]
 pub struct EpochStore {
     header: Header,
     dir: PathBuf,
@@ -282,11 +305,20 @@ pub struct EpochStore {
     has_unstored: AtomicBool,
     unstored: RwLock<Vec<MissingRange>>,
     writer: Mutex<Writer>,
+    /// Called when the state filesystem is full: drops the store's oldest segment
+    /// (of any epoch) and says whether it did.
+    reclaim: Mutex<Option<Reclaim>>,
     /// Bytes this epoch occupies (retained data, journal, index).
     footprint: AtomicU64,
     /// The store-wide total the footprint is part of.
     usage: Arc<AtomicU64>,
     dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for EpochStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochStore").field("header", &self.header).field("size", &self.size()).finish()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -424,6 +456,36 @@ fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// Appends exactly `len` bytes of `file` at `pos` to `out`, reading straight into its
+/// spare capacity (no zero-filling: this is the read path of every FUSE read).
+fn pread_append(file: &File, out: &mut Vec<u8>, len: usize, pos: u64) -> io::Result<()> {
+    out.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let spare = out.spare_capacity_mut();
+        // SAFETY: pread writes at most `len - done` bytes (within the reserved spare
+        // capacity) into memory we own; only the bytes it reports written are then
+        // marked initialised.
+        let n = unsafe {
+            libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), len - done, (pos + done as u64) as libc::off_t)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the store's data file ends early"));
+        }
+        // SAFETY: the kernel initialised these `n` bytes.
+        unsafe { out.set_len(out.len() + n as usize) };
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Frees the disk blocks of `[start, end)` of `file`, keeping its size.
 fn punch_hole(file: &File, start: u64, end: u64) -> io::Result<()> {
     // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
@@ -480,10 +542,12 @@ impl EpochStore {
             journal_end: header_len,
             journal_reserved: header_len,
             segments: Arc::new(segments),
+            segments_reserved: SEGMENTS_HEADER,
             closed: 0,
             first_retained: 0,
             open,
-            warned_write: false,
+            last_warning: None,
+            not_kept: 0,
         };
         let store = EpochStore::assemble(dir, header, data, writer, 0, 0, Vec::new(), usage);
         store.account();
@@ -513,6 +577,7 @@ impl EpochStore {
             has_unstored: AtomicBool::new(!unstored.is_empty()),
             unstored: RwLock::new(unstored),
             writer: Mutex::new(writer),
+            reclaim: Mutex::new(None),
             footprint: AtomicU64::new(0),
             usage,
             dirty: AtomicBool::new(false),
@@ -545,10 +610,13 @@ impl EpochStore {
             closed -= 1;
         }
         if seg_len > SEGMENTS_HEADER + closed * ENTRY_LEN {
-            repairs.push(format!(
-                "segments: cut {} bytes of torn or corrupt index at the end",
-                seg_len - SEGMENTS_HEADER - closed * ENTRY_LEN
-            ));
+            let mut tail = vec![0u8; (seg_len - SEGMENTS_HEADER - closed * ENTRY_LEN) as usize];
+            // Preallocated room reads as zeros: only anything else is damage.
+            if segments.read_exact_at(&mut tail, SEGMENTS_HEADER + closed * ENTRY_LEN).is_err()
+                || tail.iter().any(|&b| b != 0)
+            {
+                repairs.push(format!("segments: cut {} bytes of torn or corrupt index at the end", tail.len()));
+            }
         }
         let data_len = data.metadata().map_err(|e| io_err("data", e))?.len();
         let dropped_saved = read_dropped(&segments);
@@ -649,11 +717,13 @@ impl EpochStore {
             header_len,
             journal_end,
             journal_reserved: journal_end,
+            segments_reserved: SEGMENTS_HEADER + closed * ENTRY_LEN,
             segments: Arc::new(segments),
             closed,
             first_retained,
             open,
-            warned_write: false,
+            last_warning: None,
+            not_kept: 0,
         };
         let store = EpochStore::assemble(dir, header, data, writer, size, dropped, unstored, usage);
         store.account();
@@ -755,22 +825,35 @@ impl EpochStore {
         self.oldest_closed_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Sets what to call when the state filesystem is full.
+    pub fn set_reclaim(&self, reclaim: Reclaim) {
+        *self.reclaim.lock() = Some(reclaim);
+    }
+
     /// Appends a batch: its bytes to `data`, its record to the journal, then publishes the
     /// new size. When the state filesystem is full the bytes are recorded as a range
     /// that could not be stored (read as a notice), and the size still grows.
     pub fn append(&self, commit: &Commit<'_>) -> io::Result<()> {
-        let mut w = self.writer.lock();
         let start = self.size();
         let end = start + commit.bytes.len() as u64;
         let mut unstored = false;
         if !commit.bytes.is_empty() {
-            if let Err(e) = self.data.write_all_at(commit.bytes, start) {
+            let mut attempts = 0;
+            while let Err(e) = self.data.write_all_at(commit.bytes, start) {
                 if !is_no_space(&e) {
                     return Err(e);
                 }
-                unstored = true;
+                // Full: make room by dropping the oldest segments of the whole store
+                // (beyond its budget), and only then give up on this batch.
+                let reclaim = self.reclaim.lock().clone();
+                attempts += 1;
+                if attempts > MAX_RECLAIM || !reclaim.is_some_and(|reclaim| reclaim()) {
+                    unstored = true;
+                    break;
+                }
             }
         }
+        let mut w = self.writer.lock();
         let now = now_ms();
         let frame = encode_commit(commit, start, now, unstored);
         let at = w.journal_end;
@@ -778,14 +861,14 @@ impl EpochStore {
         self.reserve_journal(&mut w, frame.len() as u64);
         match w.journal.write_all_at(&frame, at) {
             Ok(()) => w.journal_end += frame.len() as u64,
-            Err(e) if !w.warned_write => {
-                w.warned_write = true;
-                tracing::warn!(
-                    sandbox = ?self.header.name,
-                    "cannot write the store's journal ({e}); what msbfs shows now may not survive a restart"
-                );
+            Err(e) => {
+                if w.may_warn() {
+                    tracing::warn!(
+                        sandbox = ?self.header.name,
+                        "cannot write the store's journal ({e}); what msbfs shows now may not survive a restart"
+                    );
+                }
             }
-            Err(_) => {}
         }
         // Close the segment at each boundary checkpoint; the next one starts there.
         for (k, cut) in commit.cuts.iter().enumerate() {
@@ -796,10 +879,14 @@ impl EpochStore {
                 w.open.widen(commit.ts_range);
                 let seg = w.open.close(cut.out, now);
                 let at = SEGMENTS_HEADER + w.closed * ENTRY_LEN;
-                if w.segments.write_all_at(&seg.encode(), at).is_ok() {
-                    w.closed += 1;
-                    self.closed.store(w.closed, Ordering::Release);
+                self.reserve_segments(&mut w);
+                if w.segments.write_all_at(&seg.encode(), at).is_err() {
+                    // No room for the index entry: the segment stays open and closes at
+                    // a later boundary, so the index never has a hole.
+                    continue;
                 }
+                w.closed += 1;
+                self.closed.store(w.closed, Ordering::Release);
             }
             w.open = OpenSegment::at(cut.out, logical, k as u32);
         }
@@ -810,17 +897,21 @@ impl EpochStore {
             let range = MissingRange { start, end, ts, why: Missing::Unstored };
             self.unstored.write().push(range);
             self.has_unstored.store(true, Ordering::Release);
-            if !w.warned_write {
-                w.warned_write = true;
+            w.not_kept += 1;
+            if w.may_warn() {
                 tracing::warn!(
                     sandbox = ?self.header.name,
                     "the msbfs state filesystem is full: {} bytes at offset {start} could not be stored and read as a notice",
                     commit.bytes.len()
                 );
             }
-        } else if w.warned_write {
-            w.warned_write = false;
-            tracing::info!(sandbox = ?self.header.name, "the store accepts writes again");
+        } else if w.not_kept > 0 {
+            tracing::info!(
+                sandbox = ?self.header.name,
+                "the store accepts writes again ({} batch(es) could not be stored and read as notices)",
+                w.not_kept
+            );
+            w.not_kept = 0;
         }
         drop(w);
         self.size.store(end, Ordering::Release);
@@ -830,6 +921,18 @@ impl EpochStore {
             self.refresh_oldest();
         }
         Ok(())
+    }
+
+    /// Keeps room for [`SEGMENTS_RESERVE`] more index entries preallocated.
+    fn reserve_segments(&self, w: &mut Writer) {
+        let end = SEGMENTS_HEADER + (w.closed + 1) * ENTRY_LEN;
+        if end <= w.segments_reserved {
+            return;
+        }
+        let target = end + SEGMENTS_RESERVE * ENTRY_LEN;
+        if preallocate(&w.segments, end - ENTRY_LEN, target).is_ok() {
+            w.segments_reserved = target;
+        }
     }
 
     /// Keeps [`JOURNAL_RESERVE`] bytes preallocated past the journal's end.
@@ -869,6 +972,9 @@ impl EpochStore {
                 let ranges = self.unstored.read();
                 let i = ranges.partition_point(|r| r.end <= pos);
                 if let Some(r) = ranges.get(i).filter(|r| r.start < end) {
+                    // What the dropped prefix left of it is a range of its own, so its
+                    // lines start where the drop ends.
+                    let r = MissingRange { start: r.start.max(dropped), ..*r };
                     if r.start <= pos {
                         let to = end.min(r.end);
                         r.render(pos - r.start, to - r.start, &mut out);
@@ -879,8 +985,7 @@ impl EpochStore {
                 }
             }
             let at = out.len();
-            out.resize(at + (to - pos) as usize, 0);
-            self.data.read_exact_at(&mut out[at..], pos)?;
+            pread_append(&self.data, &mut out, (to - pos) as usize, pos)?;
             if self.dropped() > pos {
                 // Dropped while we read (the hole may have been punched): read it
                 // again as the notice.
@@ -896,20 +1001,27 @@ impl EpochStore {
     fn dropped_range_at(&self, pos: u64) -> MissingRange {
         let segments = self.writer.lock().segments.clone();
         let closed = self.closed.load(Ordering::Acquire);
+        // The gap between the entries around `pos`, should an entry be unreadable.
+        let (mut gap_start, mut gap_end) = (0, self.dropped().max(pos + LINE_MIN as u64));
         let (mut lo, mut hi) = (0u64, closed);
         while lo < hi {
             let mid = (lo + hi) / 2;
             match read_entry(&segments, mid) {
-                Some(seg) if seg.end <= pos => lo = mid + 1,
-                Some(seg) if seg.start > pos => hi = mid,
+                Some(seg) if seg.end <= pos => {
+                    gap_start = seg.end;
+                    lo = mid + 1;
+                }
+                Some(seg) if seg.start > pos => {
+                    gap_end = seg.start;
+                    hi = mid;
+                }
                 Some(seg) => {
                     return MissingRange { start: seg.start, end: seg.end, ts: seg.min_ts, why: Missing::Dropped }
                 }
                 None => break,
             }
         }
-        // An index entry is unreadable: one notice for the whole dropped prefix.
-        MissingRange { start: 0, end: self.dropped().max(LINE_MIN as u64), ts: 0, why: Missing::Dropped }
+        MissingRange { start: gap_start, end: gap_end.max(gap_start + LINE_MIN as u64), ts: 0, why: Missing::Dropped }
     }
 
     /// Drops the oldest retained closed segment: its range reads as a notice from now on

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -101,6 +101,7 @@ pub struct SavedEpoch {
 
 /// The state directory of one mounted home: the epochs, the lock, the budget.
 pub struct Store {
+    me: Weak<Store>,
     dir: PathBuf,
     _lock: File,
     budget: u64,
@@ -166,7 +167,8 @@ impl Store {
         }
         let budget = max_bytes
             .unwrap_or_else(|| statvfs_total(&dir).map_or(DEFAULT_MAX_BYTES, |t| t / 10).min(DEFAULT_MAX_BYTES));
-        Ok(Arc::new(Store {
+        Ok(Arc::new_cyclic(|me| Store {
+            me: me.clone(),
             dir,
             _lock: lock,
             budget,
@@ -238,7 +240,7 @@ impl Store {
         let header = Header { epoch, ino_base, created_ms: now_ms(), name: name.to_string(), owner: owner.to_vec() };
         let dir = self.dir.join("epochs").join(format!("{epoch:016x}"));
         let store = Arc::new(EpochStore::create(&dir, header, self.usage.clone())?);
-        self.epochs.lock().push(store.clone());
+        self.register(&store);
         Ok(store)
     }
 
@@ -248,7 +250,7 @@ impl Store {
         match EpochStore::open(&saved.dir, self.usage.clone()) {
             Ok((store, recovered)) => {
                 let store = Arc::new(store);
-                self.epochs.lock().push(store.clone());
+                self.register(&store);
                 Ok((store, recovered))
             }
             Err(e) => {
@@ -256,6 +258,21 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    fn register(&self, epoch: &Arc<EpochStore>) {
+        let me = self.me.clone();
+        epoch.set_reclaim(Arc::new(move || me.upgrade().is_some_and(|store| store.drop_oldest_segment())));
+        self.epochs.lock().push(epoch.clone());
+    }
+
+    /// Drops the oldest droppable segment of the whole store; false when none is left.
+    fn drop_oldest_segment(&self) -> bool {
+        let oldest = {
+            let epochs = self.epochs.lock();
+            epochs.iter().filter_map(|e| e.oldest_droppable_ms().map(|ms| (ms, e.clone()))).min_by_key(|(ms, _)| *ms)
+        };
+        oldest.and_then(|(_, epoch)| epoch.drop_oldest()).is_some()
     }
 
     /// Deletes an epoch's state (its sandbox is gone, or a new epoch replaces it).

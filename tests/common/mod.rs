@@ -672,20 +672,27 @@ pub struct Report {
     pub lost_generations: BTreeMap<String, u64>,
 }
 
-/// The source file a loss notice is about, and the generations it announces (0 when
-/// it counts bytes or cannot count).
-fn loss_notice(text: &str) -> Option<(&'static str, u64)> {
-    for file in ["exec.log", "runtime.log", "kernel.log"] {
+const FILES: [&str; 3] = ["exec.log", "runtime.log", "kernel.log"];
+
+/// The source files a loss notice is about, and the generations it announces (0 when
+/// it counts bytes or cannot count). A range that could not be stored held lines of
+/// any source.
+fn loss_notice(text: &str) -> Option<(&'static [&'static str], u64)> {
+    if text.contains(" could not be stored (the msbfs state filesystem was full)") {
+        return Some((&FILES, 0));
+    }
+    for (i, file) in FILES.iter().enumerate() {
+        let one = &FILES[i..i + 1];
         if let Some(rest) = text.strip_prefix("at least ") {
             if text.ends_with(&format!(" of {file} were rotated away before msbfs could open them")) {
-                return Some((file, rest.split(' ').next()?.parse().ok()?));
+                return Some((one, rest.split(' ').next()?.parse().ok()?));
             }
         }
         if text.ends_with(&format!(" bytes of {file} were lost before msbfs could read them"))
             || text.starts_with(&format!("{file}: "))
                 && text.ends_with(" while msbfs was not running were rotated away")
         {
-            return Some((file, 0));
+            return Some((one, 0));
         }
     }
     None
@@ -705,7 +712,7 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
     // Per source file: index of the last loss notice; per stream: index of its last line.
     let mut last_loss: BTreeMap<&str, usize> = BTreeMap::new();
     let mut last_line: BTreeMap<String, usize> = BTreeMap::new();
-    let mut in_dropped_prefix = expect == Expect::Dropped;
+    let mut in_dropped_prefix = expect != Expect::Complete;
     // A marker `n` where `want` was expected: a jump must be announced between the
     // stream's previous line and this one.
     let announced_losses = matches!(expect, Expect::Announced | Expect::Tail);
@@ -743,18 +750,21 @@ pub fn check(bytes: &[u8], s: &Summary, expect: Expect) -> Report {
         match l.tag {
             b"msbfs" => {
                 let text = String::from_utf8_lossy(l.text).trim_end().to_string();
+                let text = text.as_str();
                 if in_dropped_prefix && text.contains(" were dropped to keep the msbfs store within its budget") {
                     rep.dropped_lines += 1;
                     continue;
                 }
-                match (announced_losses, loss_notice(&text)) {
-                    (true, Some((file, generations))) => {
-                        last_loss.insert(file, i);
-                        *rep.lost_generations.entry(file.to_string()).or_default() += generations;
+                match (announced_losses, loss_notice(text)) {
+                    (true, Some((files, generations))) => {
+                        for file in files {
+                            last_loss.insert(file, i);
+                        }
+                        *rep.lost_generations.entry(files.join("+")).or_default() += generations;
                     }
                     _ => panic!("unexpected msbfs notice ({expect:?}): {}", show()),
                 }
-                rep.notices.push(text);
+                rep.notices.push(text.to_string());
             }
             b"system" => {
                 assert!(l.text.starts_with(b"--- ") && l.text.ends_with(b" ---"), "{}", show());
