@@ -389,16 +389,16 @@ fn a_full_state_filesystem_keeps_the_mount_and_announces_what_it_could_not_keep(
     let logs = env.logs_dir("full");
     let merged = env.merged("full");
     let state = Tmpfs::mount(&env.state(), "6m");
-    let m = env.mount_with(&["--max-store", "1G"]);
+    let mut sim = simulator(&env, "full", 10 << 20, 12);
+    steps(&mut sim, 40_000);
+    // Less room than one first-sight batch (1 MiB), and nothing old to drop yet.
     let free = {
         let st = nix::sys::statvfs::statvfs(&state.0).unwrap();
         st.blocks_available() as u64 * st.fragment_size() as u64
     };
     let filler = state.0.join("filler");
-    // Less room than one batch, nothing old to drop yet: batches cannot be kept.
-    fs::write(&filler, vec![b'x'; (free - (200 << 10)) as usize]).unwrap();
-    let mut sim = simulator(&env, "full", 10 << 20, 12);
-    steps(&mut sim, 40_000);
+    fs::write(&filler, vec![b'x'; (free - (400 << 10)) as usize]).unwrap();
+    let m = env.mount_with(&["--max-store", "1G"]);
     wait_caught_up(&logs, &merged, Duration::from_secs(30));
     let all = read_all(&merged);
     assert_eq!(all.len() as u64, fs::metadata(&merged).unwrap().len());
