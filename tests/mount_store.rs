@@ -253,6 +253,19 @@ fn a_tiny_budget_drops_the_oldest_bytes_as_notices_of_their_length() {
     assert!(!String::from_utf8_lossy(&grep.stderr).contains("binary"));
     let rg = Command::new("rg").arg("-cF").args(patterns).arg(&merged).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&rg.stdout).trim(), expected.to_string(), "rg -c");
+    // cp, tail -c +N and dd skip= see the very same bytes.
+    let copy = env.root().join("copy.log");
+    assert!(Command::new("cp").arg(&merged).arg(&copy).status().unwrap().success());
+    assert!(fs::read(&copy).unwrap() == all, "cp");
+    let from = dropped_end - 1000;
+    let tail = Command::new("tail").arg("-c").arg(format!("+{}", from + 1)).arg(&merged).output().unwrap();
+    assert!(tail.stdout == all[from..], "tail -c +N");
+    let dd = Command::new("dd")
+        .arg(format!("if={}", merged.display()))
+        .args(["bs=4096", "skip=100", "count=300", "status=none"])
+        .output()
+        .unwrap();
+    assert!(dd.stdout == all[100 * 4096..(400 * 4096).min(all.len())], "dd skip=");
     let hole = {
         use std::os::fd::AsRawFd;
         // SAFETY: lseek on a descriptor we own.

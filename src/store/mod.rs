@@ -418,6 +418,38 @@ mod tests {
         assert!(other_home.budget() > 0 && other_home.budget() <= DEFAULT_MAX_BYTES);
     }
 
+    /// Appends `n` segments of 64 KiB (a boundary checkpoint at each start) to `epoch`.
+    fn fill(epoch: &EpochStore, n: u64) {
+        let bytes = vec![b'x'; 64 << 10];
+        for _ in 0..n {
+            let cut = Cut { out: epoch.size(), payload_at: 0, boundary: true };
+            epoch.append(&Commit { bytes: &bytes, payload: b"p", cuts: &[cut], ts_range: Some((1, 2)) }).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_budget_drops_the_oldest_segments_of_the_whole_store_first() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), root.path(), Some(1 << 20)).unwrap();
+        let old = store.create_epoch("old", b"1").unwrap();
+        fill(&old, 8);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new = store.create_epoch("new", b"2").unwrap();
+        fill(&new, 8);
+        assert!(store.usage() > store.budget());
+        store.enforce_budget();
+        assert!(store.usage() <= store.budget(), "{} > {}", store.usage(), store.budget());
+        // The older sandbox's segments go first, oldest first; the newer one keeps all.
+        assert!(old.dropped() > 0);
+        assert_eq!(old.dropped(), old.retained_segments().first().map_or(old.size(), |s| s.start));
+        assert_eq!(new.dropped(), 0, "nothing of the newer sandbox is dropped while older bytes exist");
+        // Removing an epoch gives its footprint back.
+        let before = store.usage();
+        store.remove_epoch(&new);
+        assert!(store.usage() < before);
+        assert!(!new.dir().exists());
+    }
+
     #[test]
     fn inode_blocks_are_never_reused() {
         let root = tempfile::tempdir().unwrap();
