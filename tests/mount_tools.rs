@@ -166,7 +166,10 @@ fn less_follow_mode_under_tmux() {
 }
 
 const PY_FOLLOWER: &str = r#"
-import sys
+import signal, sys
+# Whoever started the tests may have left SIGINT ignored (a background job of a
+# non-interactive shell); Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 f = open(sys.argv[1], 'rb', buffering=0)
 n = 0
 while True:
