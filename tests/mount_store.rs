@@ -395,7 +395,7 @@ impl Drop for Tmpfs {
 /// The state filesystem fills up (with something else's file): msbfs drops its own
 /// oldest bytes to make room, keeps the mount and the live end, warns once, and
 /// announces at its place each range it could not keep; once there is room again it
-/// stores what comes next.
+/// stores what comes next, and a restart finds those ranges again.
 #[test]
 fn a_full_state_filesystem_keeps_the_mount_and_announces_what_it_could_not_keep() {
     let env = Env::new();
@@ -435,5 +435,10 @@ fn a_full_state_filesystem_keeps_the_mount_and_announces_what_it_could_not_keep(
         rep.missing,
         rep.notices.len()
     );
+    // A restart recovers where those ranges are: they read as the same notices.
+    m.stop();
+    let m = env.mount_with(&["--max-store", "1G"]);
+    wait_caught_up(&logs, &merged, Duration::from_secs(30));
+    assert_eq!(read_all(&merged), after, "the same bytes after a restart");
     drop(m);
 }

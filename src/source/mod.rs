@@ -256,24 +256,19 @@ impl Source {
             // A restart must recognise the file by more than its first bytes seen empty.
             self.events.push(ChainEvent::Updated(live.record()));
         }
-        let place = self.tracker.lock().place_of(&live);
+        let Some(place) = self.tracker.lock().place_of(&live).filter(|p| *p != Place::At(0)) else { return };
         // Its size read after its place: once renamed or deleted the producer writes no
         // more to it, so only a size read after that is final.
         let Ok(meta) = file.metadata() else { return };
-        match place {
-            Some(Place::At(0)) | None => {}
+        let joins_next = match place {
             // Renamed into the chain: rotation.
-            Some(Place::At(_)) => {
-                live.seal(meta.len(), self.kind.rotated_siblings() > 0);
-                self.events.push(ChainEvent::Updated(live.record()));
-            }
+            Place::At(_) => self.kind.rotated_siblings() > 0,
             // Deleted, or replaced by a file that is not a rotation of it.
-            Some(Place::Gone) if meta.nlink() == 0 => {
-                live.seal(meta.len(), false);
-                self.events.push(ChainEvent::Updated(live.record()));
-            }
-            Some(Place::Gone) => {}
-        }
+            Place::Gone if meta.nlink() == 0 => false,
+            Place::Gone => return,
+        };
+        live.seal(meta.len(), joins_next);
+        self.events.push(ChainEvent::Updated(live.record()));
     }
 
     /// Closes the descriptors of generations the ingest position has moved past.

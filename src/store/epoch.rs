@@ -255,7 +255,6 @@ struct Writer {
     journal_end: u64,
     /// Physical length preallocated.
     journal_reserved: u64,
-    segments: Arc<File>,
     /// Length of `segments` preallocated (zeros past the last entry read as torn).
     segments_reserved: u64,
     closed: u64,
@@ -296,6 +295,8 @@ pub struct EpochStore {
     header: Header,
     dir: PathBuf,
     data: File,
+    /// The index of closed segments; never replaced, so read without the writer lock.
+    segments: File,
     size: AtomicU64,
     dropped: AtomicU64,
     /// Closed segments indexed (readable without the writer lock).
@@ -544,7 +545,6 @@ impl EpochStore {
             header_len,
             journal_end: header_len,
             journal_reserved: reserved,
-            segments: Arc::new(segments),
             segments_reserved: SEGMENTS_HEADER,
             closed: 0,
             first_retained: 0,
@@ -552,9 +552,7 @@ impl EpochStore {
             last_warning: None,
             not_kept: 0,
         };
-        let store = EpochStore::assemble(dir, header, data, writer, 0, 0, Vec::new(), usage);
-        store.account();
-        Ok(store)
+        Ok(EpochStore::assemble(dir, header, data, segments, writer, 0, 0, Vec::new(), usage))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -562,6 +560,7 @@ impl EpochStore {
         dir: &Path,
         header: Header,
         data: File,
+        segments: File,
         writer: Writer,
         size: u64,
         dropped: u64,
@@ -569,10 +568,11 @@ impl EpochStore {
         usage: Arc<AtomicU64>,
     ) -> EpochStore {
         let closed = writer.closed;
-        EpochStore {
+        let store = EpochStore {
             header,
             dir: dir.to_path_buf(),
             data,
+            segments,
             size: AtomicU64::new(size),
             dropped: AtomicU64::new(dropped),
             closed: AtomicU64::new(closed),
@@ -584,7 +584,12 @@ impl EpochStore {
             footprint: AtomicU64::new(0),
             usage,
             dirty: AtomicBool::new(false),
-        }
+        };
+        let w = store.writer.lock();
+        store.account(&w);
+        store.refresh_oldest(&w);
+        drop(w);
+        store
     }
 
     /// Writes back the bytes of damaged commit `commit` (re-rendered from the sources by
@@ -649,11 +654,10 @@ impl EpochStore {
         Some(self.oldest_closed_ms.load(Ordering::Relaxed)).filter(|ms| *ms != i64::MAX)
     }
 
-    fn account(&self) {
-        let (journal, segments) = {
-            let w = self.writer.lock();
-            (w.journal_reserved.max(w.journal_end), SEGMENTS_HEADER + w.closed * ENTRY_LEN)
-        };
+    /// Brings the footprint (and the store-wide total) up to date; `w` is the locked writer.
+    fn account(&self, w: &Writer) {
+        let journal = w.journal_reserved.max(w.journal_end);
+        let segments = SEGMENTS_HEADER + w.closed * ENTRY_LEN;
         let now = self.size().saturating_sub(self.dropped()) + journal + segments;
         let before = self.footprint.swap(now, Ordering::Relaxed);
         if now >= before {
@@ -669,10 +673,10 @@ impl EpochStore {
         self.usage.fetch_sub(before, Ordering::Relaxed);
     }
 
-    fn refresh_oldest(&self) {
-        let w = self.writer.lock();
+    /// Reads the age of the first retained segment again (after a drop or recovery).
+    fn refresh_oldest(&self, w: &Writer) {
         let ms = if w.first_retained < w.closed {
-            read_entry(&w.segments, w.first_retained).map_or(i64::MAX, |s| s.closed_ms)
+            read_entry(&self.segments, w.first_retained).map_or(i64::MAX, |s| s.closed_ms)
         } else {
             i64::MAX
         };
@@ -736,10 +740,13 @@ impl EpochStore {
                 let seg = w.open.close(cut.out, now);
                 let at = SEGMENTS_HEADER + w.closed * ENTRY_LEN;
                 self.reserve_segments(&mut w);
-                if w.segments.write_all_at(&seg.encode(), at).is_err() {
+                if self.segments.write_all_at(&seg.encode(), at).is_err() {
                     // No room for the index entry: the segment stays open and closes at
                     // a later boundary, so the index never has a hole.
                     continue;
+                }
+                if w.first_retained == w.closed {
+                    self.oldest_closed_ms.store(seg.closed_ms, Ordering::Relaxed);
                 }
                 w.closed += 1;
                 self.closed.store(w.closed, Ordering::Release);
@@ -769,13 +776,9 @@ impl EpochStore {
             );
             w.not_kept = 0;
         }
-        drop(w);
         self.size.store(end, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
-        self.account();
-        if self.oldest_closed_ms.load(Ordering::Relaxed) == i64::MAX {
-            self.refresh_oldest();
-        }
+        self.account(&w);
         Ok(())
     }
 
@@ -786,7 +789,7 @@ impl EpochStore {
             return;
         }
         let target = end + SEGMENTS_RESERVE * ENTRY_LEN;
-        if preallocate(&w.segments, end - ENTRY_LEN, target).is_ok() {
+        if preallocate(&self.segments, end - ENTRY_LEN, target).is_ok() {
             w.segments_reserved = target;
         }
     }
@@ -855,14 +858,13 @@ impl EpochStore {
 
     /// The dropped segment holding `pos` (below the dropped prefix), as a notice range.
     fn dropped_range_at(&self, pos: u64) -> MissingRange {
-        let segments = self.writer.lock().segments.clone();
         let closed = self.closed.load(Ordering::Acquire);
         // The gap between the entries around `pos`, should an entry be unreadable.
         let (mut gap_start, mut gap_end) = (0, self.dropped().max(pos + LINE_MIN as u64));
         let (mut lo, mut hi) = (0u64, closed);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match read_entry(&segments, mid) {
+            match read_entry(&self.segments, mid) {
                 Some(seg) if seg.end <= pos => {
                     gap_start = seg.end;
                     lo = mid + 1;
@@ -888,8 +890,8 @@ impl EpochStore {
         if w.first_retained >= w.closed {
             return None;
         }
-        let seg = read_entry(&w.segments, w.first_retained)?;
-        if let Err(e) = w.segments.write_all_at(&segments_header(seg.end), 0) {
+        let seg = read_entry(&self.segments, w.first_retained)?;
+        if let Err(e) = self.segments.write_all_at(&segments_header(seg.end), 0) {
             tracing::warn!(sandbox = ?self.header.name, "cannot record a dropped range: {e}");
             return None;
         }
@@ -899,9 +901,8 @@ impl EpochStore {
         }
         w.first_retained += 1;
         self.compact_journal(&mut w);
-        drop(w);
-        self.refresh_oldest();
-        self.account();
+        self.refresh_oldest(&w);
+        self.account(&w);
         Some(seg.end - seg.start)
     }
 
@@ -909,7 +910,7 @@ impl EpochStore {
     /// many. Offsets recorded in the index are logical, so they stay valid.
     fn compact_journal(&self, w: &mut Writer) {
         let keep_from = if w.first_retained < w.closed {
-            match read_entry(&w.segments, w.first_retained) {
+            match read_entry(&self.segments, w.first_retained) {
                 Some(seg) => seg.journal_off,
                 None => return,
             }
@@ -958,19 +959,16 @@ impl EpochStore {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let (journal, segments) = {
-            let w = self.writer.lock();
-            (w.journal.clone(), w.segments.clone())
-        };
+        let journal = self.writer.lock().journal.clone();
         self.data.sync_data()?;
-        segments.sync_data()?;
+        self.segments.sync_data()?;
         journal.sync_data()
     }
 
     /// Every closed segment not dropped, oldest first (for verification and views).
     pub fn retained_segments(&self) -> Vec<Segment> {
         let w = self.writer.lock();
-        (w.first_retained..w.closed).filter_map(|i| read_entry(&w.segments, i)).collect()
+        (w.first_retained..w.closed).filter_map(|i| read_entry(&self.segments, i)).collect()
     }
 
     /// The segment being filled: its start and where its checkpoint is in the journal

@@ -134,11 +134,12 @@ impl EpochStore {
                 d
             }
         };
+        let first_retained = first_retained_index(&segments, closed, dropped);
         let tail_from = commits.first().map_or(base, |c| c.journal_off);
-        unstored.extend(collect_unstored(&segments, closed, &journal, header_len, base, tail_from));
+        let retained = first_retained..closed;
+        unstored.extend(collect_unstored(&segments, retained, &journal, header_len, base, tail_from));
         unstored.sort_by_key(|r| r.start);
         unstored.dedup();
-        let first_retained = first_retained_index(&segments, closed, dropped);
         let journal_end = journal.metadata().map_err(|e| io_err("journal", e))?.len();
         let writer = Writer {
             journal: Arc::new(journal),
@@ -147,16 +148,13 @@ impl EpochStore {
             journal_end,
             journal_reserved: journal_end,
             segments_reserved: SEGMENTS_HEADER + closed * ENTRY_LEN,
-            segments: Arc::new(segments),
             closed,
             first_retained,
             open,
             last_warning: None,
             not_kept: 0,
         };
-        let store = EpochStore::assemble(dir, header, data, writer, size, dropped, unstored, usage);
-        store.account();
-        store.refresh_oldest();
+        let store = EpochStore::assemble(dir, header, data, segments, writer, size, dropped, unstored, usage);
         let commits = commits.split_off(resume_commit);
         let damaged = damaged.into_iter().map(|i| i - resume_commit).collect();
         Ok((store, Recovered { commits, resume_cut, damaged, repairs }))
@@ -220,18 +218,18 @@ fn scan_commits(
     Ok(Some((commits, (ci, k), damaged, valid_end)))
 }
 
-/// Unstored ranges of retained closed segments older than the journal tail recovery
-/// read (each indexed segment says whether it holds one).
+/// Unstored ranges of the `retained` closed segments older than the journal tail
+/// recovery read (each indexed segment says whether it holds one).
 fn collect_unstored(
     segments: &File,
-    closed: u64,
+    retained: std::ops::Range<u64>,
     journal: &File,
     header_len: u64,
     base: u64,
     tail_from: u64,
 ) -> Vec<MissingRange> {
     let mut out = Vec::new();
-    let Some(first) = (0..closed).filter_map(|i| read_entry(segments, i)).find(|s| s.unstored) else {
+    let Some(first) = retained.filter_map(|i| read_entry(segments, i)).find(|s| s.unstored) else {
         return out;
     };
     let Some(phys) = first.journal_off.checked_sub(base).map(|l| l + header_len) else { return out };
@@ -264,6 +262,17 @@ fn dropped_from_holes(data: &File, segments: &File, closed: u64, open_start: u64
         .unwrap_or(open_start)
 }
 
+/// Index of the first closed segment at or after the dropped prefix (binary search:
+/// entries are in offset order; an unreadable one counts as dropped).
 fn first_retained_index(segments: &File, closed: u64, dropped: u64) -> u64 {
-    (0..closed).find(|&i| read_entry(segments, i).is_some_and(|s| s.start >= dropped)).unwrap_or(closed)
+    let (mut lo, mut hi) = (0, closed);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if read_entry(segments, mid).is_some_and(|s| s.start >= dropped) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
 }
