@@ -13,6 +13,7 @@ pub mod codec;
 pub mod fs;
 pub mod fuse;
 pub mod ingest;
+pub mod limits;
 pub mod mount;
 pub mod simulate;
 pub mod source;

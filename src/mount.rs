@@ -156,6 +156,8 @@ pub fn block_stop_signals() -> SigSet {
 pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     check_home(&opts.home)?;
     prepare_mountpoint(&opts.mountpoint)?;
+    let limit = crate::limits::raise_nofile_limit();
+    tracing::debug!(limit, "descriptor limit");
     let store = Store::open(&opts.state_dir, &opts.home, opts.max_store).map_err(|e| MountError::Usage(e.0))?;
     let stop_signals = block_stop_signals();
 

@@ -239,8 +239,14 @@ impl StoppedChild {
     fn with_pending_signal() -> StoppedChild {
         let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Until it has exec'd, the child runs with every signal blocked (posix_spawn),
+        // and a signal sent then is pending but not deliverable.
+        while std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap().trim() != "sleep" {
+            assert!(std::time::Instant::now() < deadline, "child did not exec");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
         while !std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap().contains(") T ") {
             assert!(std::time::Instant::now() < deadline, "child did not stop");
             std::thread::sleep(Duration::from_millis(5));

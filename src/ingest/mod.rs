@@ -29,6 +29,9 @@ use watch::{Wake, Watcher};
 
 /// Longest wait between two full rescans of every sandbox, whatever inotify says.
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
+/// Live sandboxes polled with a full scan per fallback tick: each is checked at least
+/// every `n / SWEEP_PER_TICK` ticks, and 2,000 idle sandboxes cost little.
+pub const SWEEP_PER_TICK: usize = 64;
 /// Longest sandbox name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -88,7 +91,9 @@ fn dir_identity(path: &Path) -> std::io::Result<FileIdentity> {
 /// epochs to `catalog`. The first full scan and ingest of every sandbox completes
 /// before this returns.
 pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHandle> {
+    // Canonical, so that no component of a path below it may be a symlink.
     let sandboxes = home.join("sandboxes");
+    let sandboxes = sandboxes.canonicalize().unwrap_or(sandboxes);
     let (tx, rx) = mpsc::channel();
     let watcher = Watcher::start(tx.clone())?;
     watcher.watch_sandboxes(&sandboxes);
@@ -101,6 +106,8 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
         live: BTreeMap::new(),
         saved,
         warned: BTreeSet::new(),
+        waiting: BTreeSet::new(),
+        sweep_after: String::new(),
     };
     if ingest.rescan() {
         // Saved state of sandboxes that no longer exist is removed.
@@ -128,6 +135,43 @@ struct Ingest {
     live: BTreeMap<String, Live>,
     saved: HashMap<String, SavedEpoch>,
     warned: BTreeSet<String>,
+    /// Sandbox directories without a `logs/` yet (watched for it).
+    waiting: BTreeSet<String>,
+    /// The sweep continues after this sandbox.
+    sweep_after: String,
+}
+
+/// What a sandbox directory looks like.
+enum Probe {
+    /// A real directory with a real `logs/` directory.
+    Ready(FileIdentity),
+    /// A real directory without `logs/` yet.
+    Waiting(FileIdentity),
+    /// Confirmed gone (`ENOENT`, or no longer a directory).
+    Gone,
+    /// Something msbfs does not read: a symlink, or a `logs` that is not a directory.
+    Skipped(&'static str),
+}
+
+/// Looks at `dir` without following a symlink. An error is neither there nor gone.
+fn probe_sandbox(dir: &Path) -> std::io::Result<Probe> {
+    let identity = match dir_identity(dir) {
+        Ok(identity) => identity,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::Gone),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Probe::Skipped("a symlink, not followed")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            let link = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+            return Ok(if link { Probe::Skipped("a symlink, not followed") } else { Probe::Gone });
+        }
+        Err(e) => return Err(e),
+    };
+    match std::fs::symlink_metadata(dir.join("logs")) {
+        Ok(meta) if meta.is_dir() => Ok(Probe::Ready(identity)),
+        Ok(meta) if meta.file_type().is_symlink() => Ok(Probe::Skipped("its logs/ is a symlink, not followed")),
+        Ok(_) => Ok(Probe::Skipped("its logs is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Probe::Waiting(identity)),
+        Err(e) => Err(e),
+    }
 }
 
 impl Ingest {
@@ -136,11 +180,11 @@ impl Ingest {
     }
 
     fn run(mut self, rx: Receiver<Wake>) {
-        let mut last_full = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             let next_flush = self.live.values().filter_map(|l| l.ingest.next_flush()).min();
             let until_flush = next_flush.map_or(FALLBACK_POLL, |at| at.saturating_duration_since(Instant::now()));
-            let timeout = FALLBACK_POLL.saturating_sub(last_full.elapsed()).min(until_flush);
+            let timeout = FALLBACK_POLL.saturating_sub(last_tick.elapsed()).min(until_flush);
             let first = match rx.recv_timeout(timeout) {
                 Ok(wake) => Some(wake),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -153,24 +197,31 @@ impl Ingest {
                 .filter(|(_, l)| l.ingest.next_flush().is_some_and(|at| at <= now))
                 .map(|(n, _)| n.clone())
                 .collect();
+            let mut listed = BTreeSet::new();
             let mut rescan = false;
             for wake in first.into_iter().chain(rx.try_iter()) {
                 match wake {
                     Wake::Stop => return self.shutdown(),
                     Wake::Rescan => rescan = true,
+                    Wake::Listed(name) => {
+                        listed.insert(name);
+                    }
                     Wake::Changed(name) => {
                         dirty.insert(name);
                     }
                 }
             }
-            if rescan || last_full.elapsed() >= FALLBACK_POLL {
+            for name in &listed {
+                self.probe(name);
+            }
+            if rescan || last_tick.elapsed() >= FALLBACK_POLL {
                 self.rescan();
-                last_full = Instant::now();
-            } else {
-                for name in dirty {
-                    if let Some(live) = self.live.get_mut(&name) {
-                        live.ingest.poll(false);
-                    }
+                self.sweep();
+                last_tick = Instant::now();
+            }
+            for name in dirty {
+                if let Some(live) = self.live.get_mut(&name) {
+                    live.ingest.poll(false);
                 }
             }
             self.store.enforce_budget();
@@ -195,67 +246,110 @@ impl Ingest {
         }
     }
 
-    /// Lists `sandboxes/`, starts and ends epochs, and polls every live sandbox.
-    /// Returns false when the listing failed (nothing is ended then).
+    /// Lists `sandboxes/`: starts the sandboxes not seen before, and ends the ones
+    /// missing whose directory is confirmed gone. Live sandboxes still listed are not
+    /// probed (inotify names the ones that change, and [`Ingest::sweep`] checks them
+    /// all in turn). Returns false when the listing failed: nothing changes then.
     fn rescan(&mut self) -> bool {
-        let mut seen: BTreeMap<String, (PathBuf, FileIdentity)> = BTreeMap::new();
         let entries = match std::fs::read_dir(&self.sandboxes) {
             Ok(entries) => entries,
             Err(e) => {
                 let dir = self.sandboxes.clone();
-                self.warn_once(format!("list {e}"), || format!("cannot list {}: {e}", dir.display()));
+                self.warn_once(format!("list {}", e.kind()), || {
+                    format!("cannot list {}: {e}; what is known is kept, and listing is retried", dir.display())
+                });
                 return false;
             }
         };
-        for entry in entries.flatten() {
-            let os_name = entry.file_name();
-            let Some(name) = os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) else {
-                self.warn_once(format!("name {os_name:?}"), || {
-                    format!("sandbox name {os_name:?} is not UTF-8 or longer than 128 bytes; skipped")
-                });
-                continue;
-            };
-            let dir = entry.path();
-            let logs = dir.join("logs");
-            match std::fs::symlink_metadata(&logs) {
-                Ok(meta) if meta.is_dir() => match dir_identity(&dir) {
-                    Ok(identity) => {
-                        seen.insert(name.to_string(), (logs, identity));
-                    }
-                    Err(e) => self.warn_once(format!("dir {name} {e}"), || format!("sandbox {name:?}: {e}; skipped")),
-                },
-                _ => {
-                    if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                        self.watcher().watch_sandbox(name, &dir);
-                    }
+        let mut names = BTreeSet::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let dir = self.sandboxes.clone();
+                    self.warn_once(format!("list {}", e.kind()), || {
+                        format!("listing {} failed part way: {e}; what is known is kept", dir.display())
+                    });
+                    return false;
                 }
+            };
+            let os_name = entry.file_name();
+            match os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) {
+                Some(name) => {
+                    names.insert(name.to_string());
+                }
+                None => self.warn_once(format!("name {os_name:?}"), || {
+                    format!("sandbox name {os_name:?} is not UTF-8 or longer than 128 bytes; skipped")
+                }),
             }
         }
-        let ended: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(name, live)| match seen.get(*name) {
-                Some((_, identity)) => !identity.same_as(&live.identity),
-                // Gone only when its directory is confirmed gone or replaced.
-                None => match dir_identity(&live.dir) {
-                    Ok(identity) => !identity.same_as(&live.identity),
-                    Err(e) => e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR),
-                },
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in ended {
-            self.end(&name);
+        let missing: Vec<String> = self.live.keys().filter(|n| !names.contains(*n)).cloned().collect();
+        for name in missing {
+            self.probe(&name);
         }
-        for (name, (logs, identity)) in seen {
-            if !self.live.contains_key(&name) {
-                self.start(&name, &logs, identity);
+        for name in names {
+            if !self.live.contains_key(&name) && !self.waiting.contains(&name) {
+                self.probe(&name);
             }
-        }
-        for live in self.live.values_mut() {
-            live.ingest.poll(true);
         }
         true
+    }
+
+    /// Looks at sandbox `name` again: starts it, ends it (only when its directory is
+    /// confirmed gone, or replaced), or leaves it as it is when it cannot tell.
+    fn probe(&mut self, name: &str) {
+        let dir = self.sandboxes.join(name);
+        let found = match probe_sandbox(&dir) {
+            Ok(found) => found,
+            Err(e) => {
+                // Neither there nor confirmed gone: keep what is known.
+                self.warn_once(format!("probe {name} {}", e.kind()), || {
+                    format!("sandbox {name:?}: {e}; what is known is kept, and it is looked at again later")
+                });
+                return;
+            }
+        };
+        let replaced = match (&found, self.live.get(name)) {
+            (Probe::Ready(identity) | Probe::Waiting(identity), Some(live)) => !identity.same_as(&live.identity),
+            (Probe::Gone, Some(_)) => true,
+            _ => false,
+        };
+        if replaced {
+            self.end(name);
+        }
+        self.waiting.remove(name);
+        match found {
+            Probe::Ready(identity) if !self.live.contains_key(name) => self.start(name, &dir.join("logs"), identity),
+            Probe::Waiting(_) if !self.live.contains_key(name) => {
+                // Seen again when `logs/` appears.
+                self.watcher().watch_sandbox(name, &dir);
+                self.waiting.insert(name.to_string());
+            }
+            Probe::Skipped(why) => {
+                self.warn_once(format!("skip {name} {why}"), || format!("{}: {why}; skipped", dir.display()))
+            }
+            _ => {}
+        }
+    }
+
+    /// Polls the next [`SWEEP_PER_TICK`] live sandboxes in turn with a full scan of
+    /// their chains, checking that each is still there: the fallback for anything
+    /// inotify did not report.
+    fn sweep(&mut self) {
+        let names: Vec<String> = self
+            .live
+            .range::<String, _>((std::ops::Bound::Excluded(&self.sweep_after), std::ops::Bound::Unbounded))
+            .chain(self.live.iter())
+            .map(|(n, _)| n.clone())
+            .take(SWEEP_PER_TICK.min(self.live.len()))
+            .collect();
+        for name in names {
+            self.probe(&name);
+            if let Some(live) = self.live.get_mut(&name) {
+                live.ingest.poll(true);
+            }
+            self.sweep_after = name;
+        }
     }
 
     fn end(&mut self, name: &str) {

@@ -326,6 +326,10 @@ impl SandboxIngest {
         self.flush_due(&mut batch, Instant::now());
         self.commit(batch);
         self.timeline.set_meta(self.file_meta());
+        let budget = crate::limits::cached_budget().sources;
+        for kind in SourceKind::ALL {
+            self.sources[kind].close_if_idle(budget);
+        }
     }
 
     /// Flushes fragments that waited [`FLUSH_AFTER`] and starts the clock of new ones.

@@ -26,7 +26,9 @@ use crate::source::{PerSource, SourceKind};
 pub enum Wake {
     /// Files of this sandbox changed.
     Changed(String),
-    /// The set of sandboxes may have changed (or events were lost): list them again.
+    /// The entry of this sandbox in `sandboxes/` (or its `logs/`) changed: look at it.
+    Listed(String),
+    /// Events were lost or `sandboxes/` itself changed: list everything again.
     Rescan,
     /// The filesystem is stopping.
     Stop,
@@ -99,7 +101,8 @@ impl Watcher {
 
     /// Watches `sandboxes/` for sandboxes appearing and disappearing.
     pub fn watch_sandboxes(&self, path: &Path) {
-        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM | WatchMask::MOVED_TO;
+        let mask =
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM | WatchMask::MOVED_TO | WatchMask::ATTRIB;
         self.add(path, mask | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF, Target::Sandboxes);
     }
 
@@ -165,6 +168,7 @@ fn run(mut inotify: Inotify, registry: &Mutex<Registry>, stop: &AtomicBool, wake
             continue;
         }
         let mut changed = BTreeSet::new();
+        let mut listed = BTreeSet::new();
         let mut chains: Vec<Arc<Mutex<ChainTracker>>> = Vec::new();
         let mut rescan = false;
         let mut overflow = false;
@@ -186,17 +190,27 @@ fn run(mut inotify: Inotify, registry: &Mutex<Registry>, stop: &AtomicBool, wake
                     continue;
                 }
                 match reg.targets.get(&event.wd.get_watch_descriptor_id()) {
-                    Some(Target::Sandboxes) => rescan = true,
+                    Some(Target::Sandboxes) => match event.name.and_then(|n| n.to_str()) {
+                        Some(name) => {
+                            listed.insert(name.to_string());
+                        }
+                        None => rescan = true,
+                    },
                     Some(Target::Sandbox(name)) => {
                         changed.insert(name.clone());
-                        if event.name.is_some_and(|n| n == "logs") {
-                            rescan = true;
+                        if event.name.is_none_or(|n| n == "logs") {
+                            listed.insert(name.clone());
                         }
                     }
                     Some(Target::Logs { name, trackers }) => {
                         changed.insert(name.clone());
                         let Some((kind, index)) = event.name.and_then(chain_file) else { continue };
-                        let moved = EventMask::CREATE | EventMask::MOVED_TO | EventMask::MOVED_FROM | EventMask::DELETE;
+                        // A change of owner or mode is taken in by a snapshot too.
+                        let moved = EventMask::CREATE
+                            | EventMask::MOVED_TO
+                            | EventMask::MOVED_FROM
+                            | EventMask::DELETE
+                            | EventMask::ATTRIB;
                         if !event.mask.intersects(moved) {
                             continue;
                         }
@@ -231,6 +245,9 @@ fn run(mut inotify: Inotify, registry: &Mutex<Registry>, stop: &AtomicBool, wake
         }
         for tracker in chains {
             tracker.lock().snapshot();
+        }
+        for name in listed {
+            let _ = wake.send(Wake::Listed(name));
         }
         for name in changed {
             let _ = wake.send(Wake::Changed(name));

@@ -11,9 +11,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -56,37 +55,14 @@ pub struct FileIdentity {
 /// `FS_IOC_GETVERSION`: `_IOR('v', 1, long)`.
 const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
 
-fn statx_btime(fd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> Option<(FileId, Option<i64>, u64)> {
-    // SAFETY: statx writes into the zeroed struct we own; fd and path are valid.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
-    if unsafe { libc::statx(fd, path.as_ptr(), flags, mask, &mut stx) } != 0 {
-        return None;
-    }
-    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    let btime = (stx.stx_mask & libc::STATX_BTIME != 0)
-        .then(|| stx.stx_btime.tv_sec * 1_000_000_000 + i64::from(stx.stx_btime.tv_nsec));
-    Some((FileId { dev, ino: stx.stx_ino }, btime, u64::from(stx.stx_mode)))
-}
-
 impl FileIdentity {
     /// The identity of an open file (all parts the filesystem knows).
     pub fn of_file(file: &File) -> io::Result<FileIdentity> {
-        let (id, btime_ns, _) =
-            statx_btime(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH).ok_or_else(io::Error::last_os_error)?;
+        let stx = super::dir::statx_at(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
         let mut igen: libc::c_long = 0;
         // SAFETY: FS_IOC_GETVERSION writes one long into the variable we own.
         let igen = (unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION, &mut igen) } == 0).then_some(igen as u32);
-        Ok(FileIdentity { id, igen, btime_ns })
-    }
-
-    /// The identity of the file at `path` without opening it (no inode generation),
-    /// not following a symlink; `None` when nothing regular is there.
-    pub fn of_path(path: &Path) -> Option<FileIdentity> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-        let (id, btime_ns, mode) = statx_btime(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)?;
-        (mode as u32 & libc::S_IFMT == libc::S_IFREG).then_some(FileIdentity { id, igen: None, btime_ns })
+        Ok(FileIdentity { igen, ..super::dir::identity_of(&stx) })
     }
 
     /// True unless a part both sides know differs.
@@ -134,7 +110,11 @@ pub struct Generation {
     pub identity: FileIdentity,
     /// Birth time in Unix milliseconds (statx btime, else mtime when first seen).
     pub birth_ms: i64,
-    file: RwLock<Option<Arc<File>>>,
+    file: RwLock<Slot>,
+    /// Ingest is done with it (read to its end, or it cannot be read): its descriptor
+    /// is closed for good. A generation not released whose slot is empty was closed
+    /// while idle and is reopened by identity when it grows.
+    released: AtomicBool,
     sealed_len: AtomicU64,
     joins_next: AtomicBool,
     seen_len: AtomicU64,
@@ -149,20 +129,63 @@ pub struct Generation {
 /// `seq` of a generation no chain has adopted yet.
 const UNASSIGNED: u32 = u32::MAX;
 
-/// Reading from a generation whose descriptor msbfs has already released.
+/// Why a generation cannot be read now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Released;
+pub enum Unavailable {
+    /// msbfs released its descriptor for good: what was not read is lost.
+    Released,
+    /// Its descriptor was closed while idle; it is reopened when it grows.
+    Closed,
+}
+
+/// Producer descriptors held by every generation of the process.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many producer files msbfs holds open right now.
+pub fn held_descriptors() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// A generation's descriptor, counted in [`held_descriptors`] while held.
+#[derive(Debug, Default)]
+struct Slot(Option<Arc<File>>);
+
+impl Slot {
+    fn set(&mut self, file: Arc<File>) {
+        if self.0.replace(file).is_none() {
+            HELD.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&mut self) {
+        if self.0.take().is_some() {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.take();
+    }
+}
 
 impl Generation {
     /// A live generation reading through `file`, not yet in a chain (its sequence
     /// number comes with [`Chain::adopt`]).
     pub fn new(identity: FileIdentity, birth_ms: i64, file: Option<Arc<File>>) -> Generation {
         let fingerprint = file.as_deref().and_then(|f| read_prefix(f, FINGERPRINT_LEN).ok()).unwrap_or_default();
+        let released = AtomicBool::new(file.is_none());
+        let mut slot = Slot::default();
+        if let Some(file) = file {
+            slot.set(file);
+        }
         Generation {
             seq: AtomicU32::new(UNASSIGNED),
             identity,
             birth_ms,
-            file: RwLock::new(file),
+            file: RwLock::new(slot),
+            released,
             sealed_len: AtomicU64::new(LIVE),
             joins_next: AtomicBool::new(false),
             seen_len: AtomicU64::new(0),
@@ -181,7 +204,10 @@ impl Generation {
         if let Some((len, joins)) = rec.sealed {
             gen.seal(len, joins);
         }
-        *gen.file.write() = file;
+        if let Some(file) = file {
+            gen.file.write().set(file);
+            gen.released.store(false, Ordering::Release);
+        }
         gen
     }
 
@@ -201,10 +227,12 @@ impl Generation {
         }
     }
 
-    /// Reads at `off` into `buf`; `Err(Released)` once the descriptor is gone.
-    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<io::Result<usize>, Released> {
+    /// Reads at `off` into `buf`, unless the descriptor is not held.
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<io::Result<usize>, Unavailable> {
         let guard = self.file.read();
-        let file = guard.as_ref().ok_or(Released)?;
+        let Some(file) = guard.0.as_ref() else {
+            return Err(if self.is_released() { Unavailable::Released } else { Unavailable::Closed });
+        };
         let limit = self.sealed_len().unwrap_or(u64::MAX);
         if off >= limit {
             return Ok(Ok(0));
@@ -213,9 +241,9 @@ impl Generation {
         Ok(file.read_at(&mut buf[..want], off))
     }
 
-    /// The descriptor, unless released.
+    /// The descriptor, while held.
     pub fn file(&self) -> Option<Arc<File>> {
-        self.file.read().clone()
+        self.file.read().0.clone()
     }
 
     /// Final length once the producer has moved to a newer generation.
@@ -238,14 +266,30 @@ impl Generation {
         self.sealed_len.store(len, Ordering::Release);
     }
 
-    /// Closes the descriptor (ingest read it to its end, or it cannot be read).
+    /// Closes the descriptor for good (ingest read it to its end, or it cannot be read).
     pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
         self.file.write().take();
     }
 
     /// True once [`Generation::release`] ran (or it was never opened).
     pub fn is_released(&self) -> bool {
-        self.file.read().is_none()
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Closes the descriptor of a generation ingest has caught up with, to be reopened
+    /// by identity ([`Generation::reopen`]) when the file grows.
+    pub fn close_idle(&self) {
+        self.file.write().take();
+    }
+
+    /// Takes `file` (checked by the caller to be this generation) as its descriptor
+    /// again, unless it was released meanwhile or holds one.
+    pub fn reopen(&self, file: Arc<File>) {
+        let mut slot = self.file.write();
+        if slot.0.is_none() && !self.is_released() {
+            slot.set(file);
+        }
     }
 
     /// Largest size observed so far.
@@ -415,27 +459,6 @@ impl Chain {
     }
 }
 
-/// Opens `path` for reading only if it is a regular file, without following a symlink
-/// and without blocking on a FIFO. `Ok(None)` when it does not exist.
-pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a symlink"))
-        }
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    Ok(Some(file))
-}
-
 /// Birth time of an open file in Unix milliseconds: statx btime where the filesystem
 /// records it, else its modification time.
 pub fn birth_time_ms(file: &File, identity: &FileIdentity) -> i64 {
@@ -448,6 +471,7 @@ pub fn birth_time_ms(file: &File, identity: &FileIdentity) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::dir::LogsDir;
 
     #[test]
     fn a_reused_inode_number_is_another_identity() {
@@ -455,7 +479,8 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"one").unwrap();
         let first = FileIdentity::of_file(&File::open(&path).unwrap()).unwrap();
-        assert_eq!(FileIdentity::of_path(&path).map(|i| i.id), Some(first.id));
+        let at = |name: &str| LogsDir::open(dir.path()).unwrap().entry(name);
+        assert_eq!(at("f").map(|e| e.identity.id), Some(first.id));
         let mut reused = None;
         for _ in 0..50 {
             std::fs::remove_file(&path).unwrap();
@@ -472,7 +497,6 @@ mod tests {
             assert!(!now.same_as(&first), "{now:?} vs {first:?}");
         }
         assert!(first.same_as(&first));
-        assert!(FileIdentity::of_path(&dir.path().join("missing")).is_none());
-        assert!(FileIdentity::of_path(dir.path()).is_none(), "a directory is not a regular file");
+        assert!(at("missing").is_none());
     }
 }

@@ -7,6 +7,7 @@
 //! generation's descriptor as soon as ingest has read it to its end: the store, not
 //! held descriptors, keeps history.
 
+pub mod dir;
 pub mod feed;
 pub mod generation;
 pub mod reader;
@@ -19,11 +20,12 @@ use std::ops::{Index, IndexMut};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use feed::{Head, SourceFeed, SourceMark};
-use generation::{Chain, FileIdentity, GenRecord, Generation};
+use generation::{Chain, FileIdentity, GenRecord, Generation, Pos};
 use reader::LineReader;
 pub use record::SourceKind;
 use tracker::{ChainTracker, Place};
@@ -82,7 +84,12 @@ pub struct Source {
     feed: SourceFeed,
     tracker: Arc<Mutex<ChainTracker>>,
     events: Vec<ChainEvent>,
+    /// When the live file last changed size.
+    grew_at: Instant,
 }
+
+/// A live file that has not grown for this long has its descriptor closed.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
 
 impl Source {
     /// A source reading `dir/<kind file>` and its rotated siblings from their first
@@ -126,6 +133,7 @@ impl Source {
             chain,
             tracker: Arc::new(Mutex::new(tracker)),
             events: Vec::new(),
+            grew_at: Instant::now(),
         }
     }
 
@@ -201,6 +209,7 @@ impl Source {
             }
             tracker.take_arrivals()
         };
+        self.wake_live();
         // The live generation first: a truncation in place makes a generation that
         // comes before anything found since.
         self.check_live();
@@ -229,12 +238,42 @@ impl Source {
         self.events.push(ChainEvent::Updated(live.record()));
     }
 
+    /// Reopens the live generation if its descriptor was closed while idle and its file
+    /// changed; seals it if its file is gone.
+    fn wake_live(&mut self) {
+        let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none() && g.file().is_none()) else { return };
+        if live.is_released() || self.tracker.lock().wake_closed(&live) {
+            return;
+        }
+        // Gone while closed: what it held past the last size seen was never there to read.
+        live.seal(live.seen_len(), false);
+        live.release();
+        self.events.push(ChainEvent::Updated(live.record()));
+    }
+
+    /// Closes the live generation's descriptor when ingest has read all of it and it
+    /// has not grown for [`IDLE_CLOSE`], or at once when more than `budget` producer
+    /// files are held. It is reopened by identity when it grows ([`Source::refresh`]).
+    pub fn close_if_idle(&mut self, budget: usize) {
+        let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none()) else { return };
+        let Some(file) = live.file() else { return };
+        let caught_up = self.reader.read_to() == Pos { gen: live.seq(), off: live.seen_len() }
+            && file.metadata().is_ok_and(|m| m.len() == live.seen_len());
+        let idle = self.grew_at.elapsed() >= IDLE_CLOSE || generation::held_descriptors() > budget;
+        if caught_up && idle {
+            live.close_idle();
+        }
+    }
+
     /// Checks the live generation: growth, truncation in place, rotation or deletion.
     fn check_live(&mut self) {
         let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none()) else { return };
         let Some(file) = live.file() else { return };
         let Ok(meta) = file.metadata() else { return };
         let fingerprint_len = live.fingerprint_len();
+        if meta.len() != live.seen_len() {
+            self.grew_at = Instant::now();
+        }
         if !live.observe(&file, meta.len()) {
             // Truncated or rewritten in place (copytruncate), whatever its name is now:
             // the old content is gone; the same descriptor reads a new generation,
@@ -287,14 +326,14 @@ impl Source {
 /// first bytes; `None` when it is no longer there.
 pub fn find_generation(kind: SourceKind, dir: &Path, rec: &GenRecord) -> Option<File> {
     let probe = Generation::from_record(rec, None);
+    let logs = dir::LogsDir::open(dir).ok()?;
     for index in 0..=kind.rotated_siblings() {
-        let name = kind.file_name();
-        let path = if index == 0 { dir.join(name) } else { dir.join(format!("{name}.{index}")) };
-        let Some(found) = FileIdentity::of_path(&path) else { continue };
-        if !found.same_as(&rec.identity) {
+        let name = tracker::chain_name(kind, index);
+        let Some(found) = logs.entry(&name).filter(|e| e.regular) else { continue };
+        if !found.identity.same_as(&rec.identity) {
             continue;
         }
-        if let Ok(Some(file)) = generation::open_regular(&path) {
+        if let Ok(Some(file)) = logs.open_file(&name) {
             if probe.is_file(&file) {
                 return Some(file);
             }

@@ -9,15 +9,17 @@
 use std::io;
 use std::sync::Arc;
 
-use super::generation::{Chain, Pos};
+use super::generation::{Chain, Pos, Unavailable};
 use super::record::RawLine;
 
 /// Longest line consumed; a longer one is skipped up to its `\n` and reported.
 pub const MAX_LINE: usize = 16 << 20;
 /// Bytes of an over-long line kept to quote in the notice.
 const TOO_LONG_HEAD: usize = 4096;
-/// Size of one `pread`.
+/// Largest `pread`.
 const READ_CHUNK: usize = 64 << 10;
+/// Smallest `pread` (when the file is not known to hold more).
+const MIN_READ: usize = 4 << 10;
 /// Buffers larger than this are shrunk back once empty, so a huge line's memory is
 /// released afterwards.
 const KEEP_CAPACITY: usize = 256 << 10;
@@ -97,6 +99,11 @@ impl LineReader {
         } else {
             self.start
         }
+    }
+
+    /// Position up to which bytes were read from the files (consumed or buffered).
+    pub fn read_to(&self) -> Pos {
+        self.next
     }
 
     fn apply_consume(&mut self) {
@@ -192,8 +199,11 @@ impl LineReader {
                     return Ok(Next::Lost { generations });
                 }
             }
+            // Read about what the file is known to hold, so an idle source's poll
+            // neither zeroes nor keeps a large buffer.
+            let known = gen.sealed_len().unwrap_or(gen.seen_len()).saturating_sub(self.next.off);
             let old_len = self.buf.len();
-            self.buf.resize(old_len + READ_CHUNK, 0);
+            self.buf.resize(old_len + (known as usize).clamp(MIN_READ, READ_CHUNK), 0);
             let read = gen.read_at(&mut self.buf[old_len..], self.next.off);
             match read {
                 Ok(Ok(n)) => {
@@ -207,7 +217,12 @@ impl LineReader {
                     self.buf.truncate(old_len);
                     return Err(e);
                 }
-                Err(_released) => {
+                Err(Unavailable::Closed) => {
+                    // Reopened by the source when the file grows.
+                    self.buf.truncate(old_len);
+                    return Ok(Next::Pending);
+                }
+                Err(Unavailable::Released) => {
                     self.buf.truncate(old_len);
                     let sealed = gen.sealed_len().unwrap_or(self.next.off);
                     let lost = sealed.saturating_sub(self.next.off) + self.buf.len() as u64;
@@ -220,6 +235,9 @@ impl LineReader {
             }
             // End of what the generation holds right now.
             let Some(sealed) = gen.sealed_len() else {
+                if self.buf.is_empty() {
+                    self.buf = Vec::new();
+                }
                 return Ok(Next::Pending);
             };
             if self.next.off < sealed {

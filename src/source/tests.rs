@@ -3,8 +3,9 @@
 //! FIFOs, symlinks, inode reuse, generations lost unseen, descriptors released).
 
 use super::*;
+use crate::source::dir::LogsDir;
 use crate::source::feed::Step;
-use crate::source::generation::{open_regular, FileId, Pos};
+use crate::source::generation::{FileId, Pos};
 use crate::source::reader::Next;
 use crate::source::record::RawLine;
 use std::fs::OpenOptions;
@@ -513,7 +514,7 @@ fn a_fifo_named_like_a_log_is_never_opened() {
     assert_eq!((exec_len, runtime_len), (0, 1));
     assert_eq!(lines, ["ok"]);
     // open_regular itself refuses it without blocking.
-    assert!(open_regular(&d.p("exec.log")).is_err());
+    assert!(LogsDir::open(&d.path).unwrap().open_file("exec.log").is_err());
 }
 
 #[test]
@@ -526,7 +527,7 @@ fn a_symlink_named_like_a_log_is_not_followed() {
     s.refresh(true);
     assert!(s.chain().all().is_empty());
     assert!(read_source(&mut s).is_empty());
-    assert!(open_regular(&d.p("runtime.log")).is_err());
+    assert!(LogsDir::open(&d.path).unwrap().open_file("runtime.log").is_err());
     // Replaced by a regular file: picked up.
     std::fs::remove_file(d.p("runtime.log")).unwrap();
     d.append("runtime.log", b"real\n");
@@ -543,7 +544,7 @@ fn a_reused_inode_number_with_the_same_first_bytes_is_a_new_generation() {
     s.refresh(true);
     assert_eq!(read_source(&mut s).len(), 4);
     s.refresh(true);
-    let old_id = FileIdentity::of_path(&d.p("runtime.log.1")).unwrap().id;
+    let old_id = LogsDir::open(&d.path).unwrap().entry("runtime.log.1").unwrap().identity.id;
     // Rotate: the old runtime.log.1 is deleted, and the new runtime.log, created right
     // after, often gets its inode number; it starts with the very same bytes.
     std::fs::remove_file(d.p("runtime.log.1")).unwrap();

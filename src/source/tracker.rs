@@ -17,10 +17,12 @@
 //! first generation seen after the loss.
 
 use std::collections::{HashSet, VecDeque};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::generation::{birth_time_ms, open_regular, FileId, FileIdentity, Generation};
+use super::dir::{Access, LogsDir};
+use super::generation::{birth_time_ms, FileId, FileIdentity, Generation};
 use super::SourceKind;
 
 /// Scan attempts before a snapshot gives up until the next one.
@@ -43,11 +45,22 @@ pub fn coarse_now_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// The file name of chain index `index` of `kind` (`exec.log`, `exec.log.1` …).
+pub fn chain_name(kind: SourceKind, index: u32) -> String {
+    let name = kind.file_name();
+    if index == 0 {
+        name.to_string()
+    } else {
+        format!("{name}.{index}")
+    }
+}
+
 /// One file found by a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Found {
     index: u32,
     identity: FileIdentity,
+    access: Access,
 }
 
 /// The chain of one source as seen on disk, shared by the watcher thread (which takes
@@ -68,6 +81,10 @@ pub struct ChainTracker {
     /// Files born before this (coarse realtime, ns) existed before the watch began.
     watch_since_ns: i64,
     warned: HashSet<(u32, FileId)>,
+    /// Owner and mode of every file in the chain at the last consistent snapshot.
+    accesses: Vec<Access>,
+    /// Why the logs directory could not be opened, once warned about.
+    dir_warned: Option<io::ErrorKind>,
 }
 
 impl ChainTracker {
@@ -85,16 +102,40 @@ impl ChainTracker {
             unattached: 0,
             watch_since_ns: coarse_now_ns(),
             warned: HashSet::new(),
+            accesses: Vec::new(),
+            dir_warned: None,
         }
+    }
+
+    /// Owner and mode of every file of the chain at the last snapshot (the files
+    /// `merged.log` renders from, for its permissions).
+    pub fn accesses(&self) -> &[Access] {
+        &self.accesses
+    }
+
+    /// The file name of chain index `index`.
+    pub fn name(&self, index: u32) -> String {
+        chain_name(self.kind, index)
     }
 
     /// The path of chain index `index`.
     pub fn path(&self, index: u32) -> PathBuf {
-        let name = self.kind.file_name();
-        if index == 0 {
-            self.dir.join(name)
-        } else {
-            self.dir.join(format!("{name}.{index}"))
+        self.dir.join(self.name(index))
+    }
+
+    /// Opens the logs directory (no symlink on the way), warning once per cause.
+    fn open_dir(&mut self) -> Option<LogsDir> {
+        match LogsDir::open(&self.dir) {
+            Ok(dir) => {
+                self.dir_warned = None;
+                Some(dir)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound && self.dir_warned.replace(e.kind()) != Some(e.kind()) {
+                    tracing::warn!(dir = ?self.dir, "cannot open the logs directory: {e}; skipped");
+                }
+                None
+            }
         }
     }
 
@@ -136,48 +177,72 @@ impl ChainTracker {
         self.known.push_back((gen, place));
     }
 
+    /// Reopens `gen`, a generation whose descriptor was closed while idle, if its file
+    /// may hold something new: it grew, or it is no longer at the live path. Returns
+    /// false when its file is known gone (not in the chain at the last snapshot).
+    pub fn wake_closed(&self, gen: &Arc<Generation>) -> bool {
+        let index = match self.place_of(gen) {
+            Some(Place::At(index)) => index,
+            Some(Place::Gone) => return false,
+            None => 0,
+        };
+        let Ok(dir) = LogsDir::open(&self.dir) else { return true };
+        let name = self.name(index);
+        let Some(entry) = dir.entry(&name) else { return true };
+        if index == 0 && entry.identity.same_as(&gen.identity) && entry.size == gen.seen_len() {
+            return true;
+        }
+        if let Ok(Some(file)) = dir.open_file(&name) {
+            if gen.is_file(&file) {
+                gen.reopen(Arc::new(file));
+            }
+        }
+        true
+    }
+
     /// Takes the generations found since the last call, oldest first.
     pub fn take_arrivals(&mut self) -> Vec<Arc<Generation>> {
         std::mem::take(&mut self.arrivals)
     }
 
     /// `lstat` of every chain path, oldest first.
-    fn stat_chain(&mut self) -> Vec<Found> {
+    fn stat_chain(&mut self, dir: &LogsDir) -> Vec<Found> {
         let mut out = Vec::new();
         for index in (0..=self.kind.rotated_siblings()).rev() {
-            let path = self.path(index);
-            match FileIdentity::of_path(&path) {
-                Some(identity) => out.push(Found { index, identity }),
-                None => {
-                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                        if self.warned.insert((index, FileId::of(&meta))) {
-                            tracing::warn!(path = ?path, "not a regular file (symlink, FIFO or device); skipped");
-                        }
-                    }
-                }
+            let Some(entry) = dir.entry(&self.name(index)) else { continue };
+            if entry.regular {
+                out.push(Found { index, identity: entry.identity, access: entry.access });
+            } else if self.warned.insert((index, entry.identity.id)) {
+                tracing::warn!(path = ?self.path(index), "not a regular file (symlink, FIFO or device); skipped");
             }
         }
         out
     }
 
     /// The known generation `found` is, if any (opening the file where only its
-    /// content can tell a reused inode number apart).
-    fn known_index(&self, found: &Found) -> Option<usize> {
+    /// content can tell a reused inode number apart). A known generation whose
+    /// descriptor was closed while idle takes the file it is found in again.
+    fn known_index(&self, dir: &LogsDir, found: &Found) -> Option<usize> {
         // Newest first: a file truncated in place is two generations of one inode.
         let mut opened = None;
         for (i, (gen, _)) in self.known.iter().enumerate().rev() {
             if !gen.identity.same_as(&found.identity) {
                 continue;
             }
-            if !gen.is_released() {
+            if gen.file().is_some() {
                 // Held open, so its inode number cannot have been reused.
                 return Some(i);
             }
-            if opened.is_none() {
-                opened = Some(open_regular(&self.path(found.index)).ok().flatten());
-            }
-            if opened.as_ref().and_then(|f| f.as_ref()).is_some_and(|file| gen.is_file(file)) {
-                return Some(i);
+            let file = opened.get_or_insert_with(|| dir.open_file(&self.name(found.index)).map(|f| f.map(Arc::new)));
+            match file {
+                Ok(Some(file)) if gen.is_file(file) => {
+                    gen.reopen(file.clone());
+                    return Some(i);
+                }
+                // It cannot be opened now (out of descriptors): a generation closed
+                // while idle is trusted to be the file its identity says.
+                Err(_) if !gen.is_released() => return Some(i),
+                _ => {}
             }
         }
         None
@@ -186,10 +251,15 @@ impl ChainTracker {
     /// Takes a consistent snapshot of the chain and records new generations. Returns
     /// false when the chain kept moving (the next snapshot tries again).
     pub fn snapshot(&mut self) -> bool {
+        let Some(dir) = self.open_dir() else {
+            self.accesses.clear();
+            return false;
+        };
         for _ in 0..SCAN_ATTEMPTS {
-            let before = self.stat_chain();
-            match self.classify(&before) {
-                Some(opened) if self.stat_chain() == before => {
+            let before = self.stat_chain(&dir);
+            match self.classify(&dir, &before) {
+                Some(opened) if self.stat_chain(&dir) == before => {
+                    self.accesses = before.iter().map(|f| f.access).collect();
                     self.record(&before, opened);
                     return true;
                 }
@@ -202,15 +272,14 @@ impl ChainTracker {
 
     /// For each file of a scan, the known generation it is, or its newly opened file;
     /// `None` when a file changed under the scan.
-    fn classify(&mut self, scan: &[Found]) -> Option<Vec<Result<usize, (std::fs::File, FileIdentity)>>> {
+    fn classify(&mut self, dir: &LogsDir, scan: &[Found]) -> Option<Vec<Result<usize, (std::fs::File, FileIdentity)>>> {
         let mut out = Vec::with_capacity(scan.len());
         for found in scan {
-            if let Some(i) = self.known_index(found) {
+            if let Some(i) = self.known_index(dir, found) {
                 out.push(Ok(i));
                 continue;
             }
-            let path = self.path(found.index);
-            match open_regular(&path) {
+            match dir.open_file(&self.name(found.index)) {
                 Ok(Some(file)) => {
                     let identity = FileIdentity::of_file(&file).ok()?;
                     if identity.id != found.identity.id {
@@ -221,7 +290,7 @@ impl ChainTracker {
                 Ok(None) => return None,
                 Err(e) => {
                     if self.warned.insert((found.index, found.identity.id)) {
-                        tracing::warn!(path = ?path, "cannot open: {e}; skipped");
+                        tracing::warn!(path = ?self.path(found.index), "cannot open: {e}; skipped");
                     }
                     out.push(Ok(usize::MAX));
                 }
@@ -393,7 +462,7 @@ mod tests {
             std::fs::remove_file(&live).unwrap();
             append(&live, b"first\n");
             t.note_create();
-            if FileIdentity::of_path(&live).map(|i| i.id) == Some(old) {
+            if LogsDir::open(dir.path()).unwrap().entry("exec.log").map(|e| e.identity.id) == Some(old) {
                 reused = true;
                 break;
             }

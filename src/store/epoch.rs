@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::frame::{push_frame, FrameReader};
 use super::notice::{Missing, MissingRange, LINE_MIN};
+use super::pool::{self, FilePool, PooledFile};
 use crate::codec::{push_bytes, push_varint, push_zigzag, Decoder};
 
 /// Version of the on-disk format; state of another version starts a new epoch.
@@ -246,7 +247,7 @@ impl OpenSegment {
 /// Everything the appender changes, under one lock.
 #[derive(Debug)]
 struct Writer {
-    journal: Arc<File>,
+    journal: Arc<PooledFile>,
     /// Logical offset of the first byte after the header frame.
     base: u64,
     /// Physical length of the header frame.
@@ -294,9 +295,9 @@ impl Writer {
 pub struct EpochStore {
     header: Header,
     dir: PathBuf,
-    data: File,
+    data: Arc<PooledFile>,
     /// The index of closed segments; never replaced, so read without the writer lock.
-    segments: File,
+    segments: Arc<PooledFile>,
     size: AtomicU64,
     dropped: AtomicU64,
     /// Closed segments indexed (readable without the writer lock).
@@ -314,6 +315,8 @@ pub struct EpochStore {
     /// The store-wide total the footprint is part of.
     usage: Arc<AtomicU64>,
     dirty: AtomicBool,
+    /// Created since the last sync: its directory entries are not durable yet.
+    fresh: AtomicBool,
 }
 
 impl std::fmt::Debug for EpochStore {
@@ -518,29 +521,25 @@ fn preallocate(file: &File, start: u64, end: u64) -> io::Result<()> {
 }
 
 impl EpochStore {
-    /// Creates a new, empty epoch in `dir` (which must not hold one).
-    pub fn create(dir: &Path, header: Header, usage: Arc<AtomicU64>) -> io::Result<EpochStore> {
+    /// Creates a new, empty epoch in `dir` (which must not hold one). Nothing is
+    /// synced here: the syncer makes the new files and their directory entries durable
+    /// with the first data (a crash before that loses an epoch nobody has read much of,
+    /// and recovery removes what is left of it).
+    pub fn create(dir: &Path, header: Header, usage: Arc<AtomicU64>, pool: &Arc<FilePool>) -> io::Result<EpochStore> {
         std::fs::create_dir_all(dir)?;
-        let data = open_rw(&dir.join("data"), true)?;
-        data.set_len(0)?;
-        let segments = open_rw(&dir.join("segments"), true)?;
-        segments.set_len(0)?;
-        segments.write_all_at(&segments_header(0), 0)?;
+        let (data, _) = pool::create(pool, dir.join("data"))?;
+        let (segments, segments_file) = pool::create(pool, dir.join("segments"))?;
+        segments_file.write_all_at(&segments_header(0), 0)?;
         let frame = encode_header(&header, 0);
-        let tmp = dir.join("journal.tmp");
-        let journal = open_rw(&tmp, true)?;
-        journal.set_len(0)?;
-        journal.write_all_at(&frame, 0)?;
-        journal.sync_data()?;
-        std::fs::rename(&tmp, dir.join("journal"))?;
-        File::open(dir)?.sync_all()?;
+        let (journal, journal_file) = pool::create(pool, dir.join("journal"))?;
+        journal_file.write_all_at(&frame, 0)?;
         let header_len = frame.len() as u64;
         // Room to record what cannot be stored, should the filesystem fill up.
-        let reserved = preallocate(&journal, header_len, header_len + JOURNAL_RESERVE)
+        let reserved = preallocate(&journal_file, header_len, header_len + JOURNAL_RESERVE)
             .map_or(header_len, |()| header_len + JOURNAL_RESERVE);
         let open = OpenSegment::at(0, 0, 0);
         let writer = Writer {
-            journal: Arc::new(journal),
+            journal,
             base: 0,
             header_len,
             journal_end: header_len,
@@ -552,15 +551,18 @@ impl EpochStore {
             last_warning: None,
             not_kept: 0,
         };
-        Ok(EpochStore::assemble(dir, header, data, segments, writer, 0, 0, Vec::new(), usage))
+        let store = EpochStore::assemble(dir, header, data, segments, writer, 0, 0, Vec::new(), usage);
+        store.fresh.store(true, Ordering::Release);
+        store.dirty.store(true, Ordering::Release);
+        Ok(store)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         dir: &Path,
         header: Header,
-        data: File,
-        segments: File,
+        data: Arc<PooledFile>,
+        segments: Arc<PooledFile>,
         writer: Writer,
         size: u64,
         dropped: u64,
@@ -584,6 +586,7 @@ impl EpochStore {
             footprint: AtomicU64::new(0),
             usage,
             dirty: AtomicBool::new(false),
+            fresh: AtomicBool::new(false),
         };
         let w = store.writer.lock();
         store.account(&w);
@@ -598,7 +601,7 @@ impl EpochStore {
         if !commit.matches(bytes) {
             return Ok(false);
         }
-        self.data.write_all_at(bytes, commit.data_start)?;
+        self.data.get()?.write_all_at(bytes, commit.data_start)?;
         self.dirty.store(true, Ordering::Release);
         Ok(true)
     }
@@ -619,7 +622,7 @@ impl EpochStore {
         } else {
             text.resize((commit.data_end - commit.data_start) as usize, b'\n');
         }
-        self.data.write_all_at(&text, commit.data_start)?;
+        self.data.get()?.write_all_at(&text, commit.data_start)?;
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -676,7 +679,7 @@ impl EpochStore {
     /// Reads the age of the first retained segment again (after a drop or recovery).
     fn refresh_oldest(&self, w: &Writer) {
         let ms = if w.first_retained < w.closed {
-            read_entry(&self.segments, w.first_retained).map_or(i64::MAX, |s| s.closed_ms)
+            self.entry(w.first_retained).map_or(i64::MAX, |s| s.closed_ms)
         } else {
             i64::MAX
         };
@@ -696,15 +699,16 @@ impl EpochStore {
         let end = start + commit.bytes.len() as u64;
         let mut unstored = false;
         if !commit.bytes.is_empty() {
+            let data = self.data.get()?;
             let mut attempts = 0;
-            while let Err(e) = self.data.write_all_at(commit.bytes, start) {
+            while let Err(e) = data.write_all_at(commit.bytes, start) {
                 if !is_no_space(&e) {
                     return Err(e);
                 }
                 // Full: make room by dropping the oldest segments of the whole store
                 // (beyond its budget), and only then give up on this batch.
                 // Give back what the failed write took, for the journal's sake.
-                let _ = self.data.set_len(start);
+                let _ = data.set_len(start);
                 let reclaim = self.reclaim.lock().clone();
                 attempts += 1;
                 if attempts > MAX_RECLAIM || !reclaim.is_some_and(|reclaim| reclaim()) {
@@ -719,7 +723,7 @@ impl EpochStore {
         let at = w.journal_end;
         let logical = w.logical(at);
         self.reserve_journal(&mut w, frame.len() as u64);
-        match w.journal.write_all_at(&frame, at) {
+        match w.journal.get().and_then(|journal| journal.write_all_at(&frame, at)) {
             Ok(()) => w.journal_end += frame.len() as u64,
             Err(e) => {
                 if w.may_warn() {
@@ -740,7 +744,7 @@ impl EpochStore {
                 let seg = w.open.close(cut.out, now);
                 let at = SEGMENTS_HEADER + w.closed * ENTRY_LEN;
                 self.reserve_segments(&mut w);
-                if self.segments.write_all_at(&seg.encode(), at).is_err() {
+                if self.segments.get().and_then(|f| f.write_all_at(&seg.encode(), at)).is_err() {
                     // No room for the index entry: the segment stays open and closes at
                     // a later boundary, so the index never has a hole.
                     continue;
@@ -789,7 +793,7 @@ impl EpochStore {
             return;
         }
         let target = end + SEGMENTS_RESERVE * ENTRY_LEN;
-        if preallocate(&self.segments, end - ENTRY_LEN, target).is_ok() {
+        if self.segments.get().and_then(|f| preallocate(&f, end - ENTRY_LEN, target)).is_ok() {
             w.segments_reserved = target;
         }
     }
@@ -801,7 +805,8 @@ impl EpochStore {
             return;
         }
         let target = want + JOURNAL_RESERVE;
-        if preallocate(&w.journal, w.journal_reserved.max(w.journal_end), target).is_ok() {
+        let from = w.journal_reserved.max(w.journal_end);
+        if w.journal.get().and_then(|f| preallocate(&f, from, target)).is_ok() {
             w.journal_reserved = target;
         }
     }
@@ -844,7 +849,7 @@ impl EpochStore {
                 }
             }
             let at = out.len();
-            pread_append(&self.data, &mut out, (to - pos) as usize, pos)?;
+            pread_append(&*self.data.get()?, &mut out, (to - pos) as usize, pos)?;
             if self.dropped() > pos {
                 // Dropped while we read (the hole may have been punched): read it
                 // again as the notice.
@@ -864,7 +869,7 @@ impl EpochStore {
         let (mut lo, mut hi) = (0u64, closed);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match read_entry(&self.segments, mid) {
+            match self.entry(mid) {
                 Some(seg) if seg.end <= pos => {
                     gap_start = seg.end;
                     lo = mid + 1;
@@ -890,13 +895,13 @@ impl EpochStore {
         if w.first_retained >= w.closed {
             return None;
         }
-        let seg = read_entry(&self.segments, w.first_retained)?;
-        if let Err(e) = self.segments.write_all_at(&segments_header(seg.end), 0) {
+        let seg = self.entry(w.first_retained)?;
+        if let Err(e) = self.segments.get().and_then(|f| f.write_all_at(&segments_header(seg.end), 0)) {
             tracing::warn!(sandbox = ?self.header.name, "cannot record a dropped range: {e}");
             return None;
         }
         self.dropped.store(seg.end, Ordering::Release);
-        if let Err(e) = punch_hole(&self.data, seg.start, seg.end) {
+        if let Err(e) = self.data.get().and_then(|f| punch_hole(&f, seg.start, seg.end)) {
             tracing::debug!(sandbox = ?self.header.name, "cannot free disk blocks of a dropped range: {e}");
         }
         w.first_retained += 1;
@@ -910,7 +915,7 @@ impl EpochStore {
     /// many. Offsets recorded in the index are logical, so they stay valid.
     fn compact_journal(&self, w: &mut Writer) {
         let keep_from = if w.first_retained < w.closed {
-            match read_entry(&self.segments, w.first_retained) {
+            match self.entry(w.first_retained) {
                 Some(seg) => seg.journal_off,
                 None => return,
             }
@@ -927,12 +932,13 @@ impl EpochStore {
             let file = open_rw(&tmp, true)?;
             file.set_len(0)?;
             file.write_all_at(&frame, 0)?;
+            let journal = w.journal.get()?;
             let mut buf = vec![0u8; 1 << 20];
             let mut from = keep_phys;
             let mut to = frame.len() as u64;
             while from < w.journal_end {
                 let n = buf.len().min((w.journal_end - from) as usize);
-                w.journal.read_exact_at(&mut buf[..n], from)?;
+                journal.read_exact_at(&mut buf[..n], from)?;
                 file.write_all_at(&buf[..n], to)?;
                 from += n as u64;
                 to += n as u64;
@@ -946,7 +952,7 @@ impl EpochStore {
             Ok((file, header_len)) => {
                 w.journal_end = w.journal_end - keep_phys + header_len;
                 w.journal_reserved = w.journal_end;
-                w.journal = Arc::new(file);
+                w.journal.replace(file);
                 w.base = keep_from;
                 w.header_len = header_len;
             }
@@ -954,21 +960,48 @@ impl EpochStore {
         }
     }
 
-    /// Makes everything appended so far durable (`fdatasync` of data, index, journal).
+    /// Makes everything appended so far durable (`fdatasync` of data, index, journal,
+    /// and the directory entries of a new epoch).
     pub fn sync(&self) -> io::Result<()> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+        if !self.begin_sync() {
             return Ok(());
         }
         let journal = self.writer.lock().journal.clone();
-        self.data.sync_data()?;
-        self.segments.sync_data()?;
-        journal.sync_data()
+        let synced = (|| {
+            self.data.get()?.sync_data()?;
+            self.segments.get()?.sync_data()?;
+            journal.get()?.sync_data()?;
+            if self.fresh.load(Ordering::Acquire) {
+                File::open(&self.dir)?.sync_all()?;
+                if let Some(parent) = self.dir.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+            }
+            Ok(())
+        })();
+        self.end_sync(synced.is_ok());
+        synced
+    }
+
+    /// Starts a sync of this epoch (by [`EpochStore::sync`] or a sync of the whole
+    /// filesystem): false when nothing was appended since the last one.
+    pub fn begin_sync(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Ends a sync begun with [`EpochStore::begin_sync`]; a failed one is retried later.
+    pub fn end_sync(&self, ok: bool) {
+        if ok {
+            self.fresh.store(false, Ordering::Release);
+        } else {
+            self.dirty.store(true, Ordering::Release);
+        }
     }
 
     /// Every closed segment not dropped, oldest first (for verification and views).
     pub fn retained_segments(&self) -> Vec<Segment> {
         let w = self.writer.lock();
-        (w.first_retained..w.closed).filter_map(|i| read_entry(&self.segments, i)).collect()
+        (w.first_retained..w.closed).filter_map(|i| self.entry(i)).collect()
     }
 
     /// The segment being filled: its start and where its checkpoint is in the journal
@@ -988,6 +1021,7 @@ impl EpochStore {
         let Some(phys) = from.checked_sub(base).map(|l| l + header_len) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, "that part of the journal was compacted away"));
         };
+        let journal = journal.get()?;
         let mut reader = FrameReader::new(&journal, phys);
         while let Some((at, p)) = reader.next_frame()? {
             if at >= end {
@@ -1000,6 +1034,13 @@ impl EpochStore {
             }
         }
         Ok(())
+    }
+}
+
+impl EpochStore {
+    /// Index entry `index`, `None` when unreadable.
+    fn entry(&self, index: u64) -> Option<Segment> {
+        read_entry(&*self.segments.get().ok()?, index)
     }
 }
 

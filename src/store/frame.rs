@@ -32,14 +32,18 @@ pub struct FrameReader<'a> {
     /// Physical offset of `buf[0]`.
     buf_at: u64,
     eof: bool,
+    /// Size of the next read: it starts small (most journals are small) and doubles
+    /// up to [`READ_CHUNK`].
+    chunk: usize,
 }
 
 const READ_CHUNK: usize = 256 << 10;
+const FIRST_READ: usize = 4 << 10;
 
 impl<'a> FrameReader<'a> {
     /// A reader of the frames of `file` starting at physical offset `at`.
     pub fn new(file: &'a File, at: u64) -> FrameReader<'a> {
-        FrameReader { file, at, buf: Vec::new(), buf_at: at, eof: false }
+        FrameReader { file, at, buf: Vec::new(), buf_at: at, eof: false, chunk: FIRST_READ }
     }
 
     /// Physical offset just after the last valid frame returned (where the valid part
@@ -58,7 +62,8 @@ impl<'a> FrameReader<'a> {
         self.buf_at = self.at;
         while self.buf.len() < need && !self.eof {
             let old = self.buf.len();
-            let want = (need - old).max(READ_CHUNK);
+            let want = (need - old).max(self.chunk);
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
             self.buf.resize(old + want, 0);
             let n = self.file.read_at(&mut self.buf[old..], self.buf_at + old as u64)?;
             self.buf.truncate(old + n);

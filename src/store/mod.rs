@@ -15,6 +15,7 @@
 pub mod epoch;
 pub mod frame;
 pub mod notice;
+pub mod pool;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -30,6 +31,10 @@ pub use epoch::{Commit, Cut, EpochStore, Header, Recovered, Segment, StoredCommi
 
 /// Inode numbers of one epoch: `ino_base .. ino_base + INODE_BLOCK`.
 pub const INODE_BLOCK: u64 = 1 << 24;
+/// Inode blocks the persistent counter reserves at a time.
+const INODE_BLOCKS_RESERVED: u64 = 256;
+/// Dirty epochs from which one `syncfs` replaces their `fdatasync`s.
+const SYNCFS_FROM: usize = 8;
 /// Largest default budget.
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
@@ -107,7 +112,9 @@ pub struct Store {
     budget: u64,
     usage: Arc<AtomicU64>,
     epochs: Mutex<Vec<Arc<EpochStore>>>,
-    inodes: Mutex<()>,
+    /// Inode blocks reserved on disk and not handed out yet: `(next, end)`.
+    inodes: Mutex<(u64, u64)>,
+    files: Arc<pool::FilePool>,
     warned_over: AtomicBool,
 }
 
@@ -174,7 +181,8 @@ impl Store {
             budget,
             usage: Arc::new(AtomicU64::new(0)),
             epochs: Mutex::new(Vec::new()),
-            inodes: Mutex::new(()),
+            inodes: Mutex::new((0, 0)),
+            files: pool::FilePool::new(crate::limits::descriptor_budget().store),
             warned_over: AtomicBool::new(false),
         }))
     }
@@ -209,28 +217,39 @@ impl Store {
                 }
             }
         }
-        out.sort_by_key(|s| s.header.created_ms);
+        // Inode blocks are handed out in creation order.
+        out.sort_by_key(|s| s.header.ino_base);
         out
     }
 
+    /// Hands out the next inode block. The persistent counter is advanced
+    /// [`INODE_BLOCKS_RESERVED`] blocks at a time (one `fsync` per that many epochs);
+    /// blocks reserved and not used before a crash are skipped, never reused.
     fn allocate_inode_block(&self) -> io::Result<u64> {
-        let _guard = self.inodes.lock();
-        let path = self.dir.join("inodes");
-        let next = std::fs::read(&path)
-            .ok()
-            .filter(|b| b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12])
-            .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
-        // Without a readable counter, start past every saved epoch's block.
-        let next = next.unwrap_or_else(|| {
-            self.saved_epochs().iter().map(|s| s.header.ino_base / INODE_BLOCK + 1).max().unwrap_or(1)
-        });
-        let mut bytes = (next + 1).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
-        let tmp = self.dir.join("inodes.tmp");
-        std::fs::write(&tmp, &bytes)?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(next * INODE_BLOCK)
+        let mut reserved = self.inodes.lock();
+        if reserved.0 == reserved.1 {
+            let path = self.dir.join("inodes");
+            let next = std::fs::read(&path)
+                .ok()
+                .filter(|b| b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12])
+                .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
+            // Without a readable counter, start past every saved epoch's block.
+            let next = next.unwrap_or_else(|| {
+                self.saved_epochs().iter().map(|s| s.header.ino_base / INODE_BLOCK + 1).max().unwrap_or(1)
+            });
+            let end = next + INODE_BLOCKS_RESERVED;
+            let mut bytes = end.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+            let tmp = self.dir.join("inodes.tmp");
+            std::fs::write(&tmp, &bytes)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()?;
+            *reserved = (next, end);
+        }
+        let block = reserved.0;
+        reserved.0 += 1;
+        Ok(block * INODE_BLOCK)
     }
 
     /// Starts a new epoch for sandbox `name` whose directory has identity `owner`.
@@ -239,7 +258,7 @@ impl Store {
         let epoch = new_epoch_id();
         let header = Header { epoch, ino_base, created_ms: now_ms(), name: name.to_string(), owner: owner.to_vec() };
         let dir = self.dir.join("epochs").join(format!("{epoch:016x}"));
-        let store = Arc::new(EpochStore::create(&dir, header, self.usage.clone())?);
+        let store = Arc::new(EpochStore::create(&dir, header, self.usage.clone(), &self.files)?);
         self.register(&store);
         Ok(store)
     }
@@ -247,7 +266,7 @@ impl Store {
     /// Opens a saved epoch for resuming it; on failure its state is removed and the
     /// reason returned (the caller starts a new epoch).
     pub fn open_epoch(&self, saved: &SavedEpoch) -> Result<(Arc<EpochStore>, Recovered), Unreadable> {
-        match EpochStore::open(&saved.dir, self.usage.clone()) {
+        match EpochStore::open(&saved.dir, self.usage.clone(), &self.files) {
             Ok((store, recovered)) => {
                 let store = Arc::new(store);
                 self.register(&store);
@@ -320,7 +339,19 @@ impl Store {
     /// Makes every epoch durable (called once a second and at shutdown).
     pub fn sync_all(&self) {
         let epochs: Vec<Arc<EpochStore>> = self.epochs.lock().clone();
-        for epoch in epochs {
+        let dirty: Vec<Arc<EpochStore>> = epochs.into_iter().filter(|e| e.begin_sync()).collect();
+        if dirty.len() >= SYNCFS_FROM {
+            // One sync of the state filesystem instead of several per epoch.
+            // SAFETY: syncfs on the lock file's descriptor, which we own.
+            let ok = unsafe { libc::syncfs(self._lock.as_raw_fd()) } == 0;
+            if !ok {
+                tracing::warn!("cannot sync the store: {}", io::Error::last_os_error());
+            }
+            dirty.iter().for_each(|e| e.end_sync(ok));
+            return;
+        }
+        for epoch in dirty {
+            epoch.end_sync(false);
             if let Err(e) = epoch.sync() {
                 tracing::warn!(sandbox = ?epoch.header().name, "cannot sync the store: {e}");
             }

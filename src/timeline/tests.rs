@@ -7,6 +7,7 @@ use crate::source::feed::Step;
 use crate::source::generation::GenRecord;
 use crate::source::record::{Record, Tag};
 use crate::source::{find_generation, PerSource, Source, SourceKind};
+use crate::store::pool::FilePool;
 use crate::store::EpochStore;
 use crate::time::format_timestamp;
 use batch::{FORCED_FLUSH_AT, SEGMENT_TARGET};
@@ -40,7 +41,9 @@ impl World {
         std::fs::create_dir(&logs).unwrap();
         let header =
             crate::store::Header { epoch: 9, ino_base: 1 << 24, created_ms: 0, name: "t".into(), owner: vec![] };
-        let store = Arc::new(EpochStore::create(&tmp.path().join("epoch"), header, Arc::default()).unwrap());
+        let store = Arc::new(
+            EpochStore::create(&tmp.path().join("epoch"), header, Arc::default(), &FilePool::new(16)).unwrap(),
+        );
         let meta = FileMeta { uid: 0, gid: 0, mode: 0o444, mtime_ms: 0 };
         World {
             sources: PerSource::from_fn(|kind| Source::new(kind, &logs)),

@@ -15,7 +15,11 @@ use super::*;
 impl EpochStore {
     /// Opens the epoch saved in `dir`, cutting any torn or inconsistent tail, and
     /// returns it with what ingest needs to resume (and to repair damaged data).
-    pub fn open(dir: &Path, usage: Arc<AtomicU64>) -> Result<(EpochStore, Recovered), Unreadable> {
+    pub fn open(
+        dir: &Path,
+        usage: Arc<AtomicU64>,
+        pool: &Arc<FilePool>,
+    ) -> Result<(EpochStore, Recovered), Unreadable> {
         let io_err = |what: &str, e: io::Error| Unreadable(format!("{what}: {e}"));
         let journal = open_rw(&dir.join("journal"), false).map_err(|e| io_err("journal", e))?;
         let data = open_rw(&dir.join("data"), false).map_err(|e| io_err("data", e))?;
@@ -141,8 +145,13 @@ impl EpochStore {
         unstored.sort_by_key(|r| r.start);
         unstored.dedup();
         let journal_end = journal.metadata().map_err(|e| io_err("journal", e))?.len();
+        let pooled = |path: &str, file: File| {
+            let pooled = PooledFile::new(pool, dir.join(path));
+            pooled.replace(file);
+            pooled
+        };
         let writer = Writer {
-            journal: Arc::new(journal),
+            journal: pooled("journal", journal),
             base,
             header_len,
             journal_end,
@@ -154,6 +163,7 @@ impl EpochStore {
             last_warning: None,
             not_kept: 0,
         };
+        let (data, segments) = (pooled("data", data), pooled("segments", segments));
         let store = EpochStore::assemble(dir, header, data, segments, writer, size, dropped, unstored, usage);
         let commits = commits.split_off(resume_commit);
         let damaged = damaged.into_iter().map(|i| i - resume_commit).collect();

@@ -18,7 +18,7 @@ fn header() -> Header {
 
 impl Writer {
     fn new(dir: &Path, segment: u64) -> Writer {
-        let store = EpochStore::create(dir, header(), Arc::default()).unwrap();
+        let store = EpochStore::create(dir, header(), Arc::default(), &FilePool::new(16)).unwrap();
         Writer { store, bytes: Vec::new(), segment, next_boundary: 0, line: 0 }
     }
 
@@ -59,7 +59,7 @@ fn read_all(store: &EpochStore) -> Vec<u8> {
 }
 
 fn reopen(dir: &Path) -> (EpochStore, Recovered) {
-    EpochStore::open(dir, Arc::default()).unwrap_or_else(|e| panic!("reopen: {}", e.0))
+    EpochStore::open(dir, Arc::default(), &FilePool::new(16)).unwrap_or_else(|e| panic!("reopen: {}", e.0))
 }
 
 fn resume_payload(r: &Recovered) -> &[u8] {
@@ -297,13 +297,13 @@ fn an_unreadable_header_or_another_version_is_refused() {
     let mut raw = std::fs::read(&journal).unwrap();
     raw[10] ^= 0xff;
     std::fs::write(&journal, &raw).unwrap();
-    let err = EpochStore::open(dir.path(), Arc::default()).unwrap_err();
+    let err = EpochStore::open(dir.path(), Arc::default(), &FilePool::new(16)).unwrap_err();
     assert!(err.0.contains("header"), "{}", err.0);
     let mut frame = Vec::new();
     let mut p = vec![HEADER_TAG];
     push_varint(&mut p, 99);
     push_frame(&mut frame, &p);
     std::fs::write(&journal, &frame).unwrap();
-    let err = EpochStore::open(dir.path(), Arc::default()).unwrap_err();
+    let err = EpochStore::open(dir.path(), Arc::default(), &FilePool::new(16)).unwrap_err();
     assert!(err.0.contains("format version 99"), "{}", err.0);
 }
