@@ -966,6 +966,11 @@ impl EpochStore {
         if !self.begin_sync() {
             return Ok(());
         }
+        self.finish_sync()
+    }
+
+    /// Syncs the files of a sync begun with [`EpochStore::begin_sync`] and ends it.
+    pub fn finish_sync(&self) -> io::Result<()> {
         let journal = self.writer.lock().journal.clone();
         let synced = (|| {
             self.data.get()?.sync_data()?;

@@ -108,7 +108,7 @@ pub struct SavedEpoch {
 pub struct Store {
     me: Weak<Store>,
     dir: PathBuf,
-    _lock: File,
+    lock: File,
     budget: u64,
     usage: Arc<AtomicU64>,
     epochs: Mutex<Vec<Arc<EpochStore>>>,
@@ -177,7 +177,7 @@ impl Store {
         Ok(Arc::new_cyclic(|me| Store {
             me: me.clone(),
             dir,
-            _lock: lock,
+            lock,
             budget,
             usage: Arc::new(AtomicU64::new(0)),
             epochs: Mutex::new(Vec::new()),
@@ -343,7 +343,7 @@ impl Store {
         if dirty.len() >= SYNCFS_FROM {
             // One sync of the state filesystem instead of several per epoch.
             // SAFETY: syncfs on the lock file's descriptor, which we own.
-            let ok = unsafe { libc::syncfs(self._lock.as_raw_fd()) } == 0;
+            let ok = unsafe { libc::syncfs(self.lock.as_raw_fd()) } == 0;
             if !ok {
                 tracing::warn!("cannot sync the store: {}", io::Error::last_os_error());
             }
@@ -351,8 +351,7 @@ impl Store {
             return;
         }
         for epoch in dirty {
-            epoch.end_sync(false);
-            if let Err(e) = epoch.sync() {
+            if let Err(e) = epoch.finish_sync() {
                 tracing::warn!(sandbox = ?epoch.header().name, "cannot sync the store: {e}");
             }
         }
