@@ -101,6 +101,48 @@ fn busybox_tail_follows_across_rotation() {
     follow_with(&["busybox", "tail", "-n", "+1", "-f"], "bb");
 }
 
+/// Case 3b: busybox tail -f on an idle and a live merged.log together: busybox reads
+/// each file at its end once a second, so a read at the end of the idle file must never
+/// wait for data; every new line of the live one is shown within 2 s.
+#[test]
+fn busybox_tail_of_an_idle_and_a_live_file() {
+    let env = Env::new();
+    let (idle, live) = (env.logs_dir("idle"), env.logs_dir("live"));
+    Sim::new("idle", 50).seed(12).run_lib(&env.home);
+    Sim::new("live", 50).seed(13).run_lib(&env.home);
+    let _m = env.mount();
+    wait_caught_up(&idle, &env.merged("idle"), Duration::from_secs(10));
+    wait_caught_up(&live, &env.merged("live"), Duration::from_secs(10));
+    let mut tail = ChildGuard::new(
+        "busybox tail",
+        Command::new("busybox")
+            .args(["tail", "-f"])
+            .arg(env.merged("idle"))
+            .arg(env.merged("live"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox"),
+    );
+    let lines = Lines::new(tail.child().stdout.take().unwrap());
+    // Several rounds of busybox's one-second loop (the first used to park 30 s on idle).
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        let marker = format!("BB-TWO-FILES-{i}");
+        let t = Instant::now();
+        append_exec(&live, "stdout", 3, &format!("{marker}\n"));
+        let deadline = Duration::from_secs(2);
+        loop {
+            let line = lines.next(deadline.saturating_sub(t.elapsed()), &format!("{marker} within {deadline:?}"));
+            if line.ends_with(&format!(" stdout[3] {marker}")) {
+                break;
+            }
+        }
+    }
+    assert!(tail.is_running());
+}
+
 struct Tmux {
     sock: String,
 }
