@@ -1,5 +1,6 @@
 //! The `msbfs` command line: `mount`, `simulate`, `demo`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,6 +169,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,fuser=warn,fuser::reply=off".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Mount { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling } => {

@@ -1,5 +1,6 @@
 //! Real tools against a real mount: cat, grep, GNU and busybox tail -f, less +F under
-//! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS.
+//! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS, and a daemon log free of
+//! warnings about what ordinary readers ask (isatty, poll, lseek).
 
 mod common;
 
@@ -426,4 +427,45 @@ fn write_operations_fail_with_erofs() {
     assert!(String::from_utf8_lossy(&tr.stderr).contains("Read-only file system"));
 
     assert!(read_all(&merged) == before, "content unchanged");
+}
+
+const PY_PROBES: &str = r#"
+import os, select, sys
+f = open(sys.argv[1], "rb")          # isatty: an ioctl
+print("isatty", f.isatty(), f.readline().endswith(b"\n"))
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+print("lseek", os.lseek(fd, 0, os.SEEK_END) == size, os.lseek(fd, 0, os.SEEK_DATA) == 0,
+      os.lseek(fd, 0, os.SEEK_HOLE) == size)
+p = select.poll()
+p.register(fd, select.POLLIN)
+print("poll", p.poll(0) == [(fd, select.POLLIN)])
+"#;
+
+/// Case 10: What ordinary readers ask besides reads (bash `read` and Python `open` call
+/// isatty; poll; lseek with SEEK_END/DATA/HOLE) is answered as for a regular file and
+/// leaves no warning or error in the daemon's log (only debug lines).
+#[test]
+fn readers_leave_no_warnings_in_the_log() {
+    let env = Env::new();
+    let logs = env.logs_dir("quiet");
+    Sim::new("quiet", 100).seed(14).run_lib(&env.home);
+    let m = env.mount_logging("info,fuser=warn,msbfs::fuse=debug");
+    let merged = env.merged("quiet");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+
+    let first = String::from_utf8_lossy(&read_all(&merged)).lines().next().unwrap().to_string();
+    let bash =
+        sh(Command::new("bash").args(["-c", r#"read -r line < "$1" && printf '%s\n' "$line""#, "_"]).arg(&merged));
+    assert!(bash.status.success(), "{}", String::from_utf8_lossy(&bash.stderr));
+    assert_eq!(String::from_utf8_lossy(&bash.stdout).trim_end(), first);
+    let py = sh(Command::new("python3").arg("-c").arg(PY_PROBES).arg(&merged));
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert_eq!(String::from_utf8_lossy(&py.stdout), "isatty False True\nlseek True True True\npoll True\n");
+
+    let log = m.stderr();
+    assert!(log.contains("op=\"ioctl\""), "the isatty requests were answered through the failure helper:\n{log}");
+    let noisy: Vec<&str> =
+        log.lines().filter(|l| ["WARN", "ERROR", "Not Implemented"].iter().any(|w| l.contains(w))).collect();
+    assert!(noisy.is_empty(), "warnings in the daemon's log:\n{}", noisy.join("\n"));
 }

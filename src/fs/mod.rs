@@ -48,6 +48,12 @@ pub enum FsError {
     Interrupted,
     /// The store could not be read (EIO).
     Io,
+    /// The caller's buffer is too small for the value (ERANGE).
+    BufferTooSmall,
+    /// Not a terminal: no `ioctl` is served (ENOTTY).
+    NotTty,
+    /// Not implemented, so the kernel does it itself (ENOSYS: `poll`, `lseek`).
+    Unsupported,
 }
 
 /// What a node is.

@@ -260,6 +260,11 @@ impl Env {
         Mounted::start_with(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), args)
     }
 
+    /// Mounts logging with the `MSBFS_LOG` filter `log`.
+    pub fn mount_logging(&self, log: &str) -> Mounted {
+        Mounted::start_logging(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], log)
+    }
+
     /// The state directory the mounts of this environment share (under the root).
     pub fn state(&self) -> PathBuf {
         self.root().join("state")
@@ -285,6 +290,12 @@ impl Mounted {
 
     /// Like [`Mounted::start`] with extra arguments.
     pub fn start_with(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str]) -> Mounted {
+        let log = std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into());
+        Mounted::start_logging(home, mnt, stderr_path, args, &log)
+    }
+
+    /// Like [`Mounted::start_with`], logging with the `MSBFS_LOG` filter `log`.
+    pub fn start_logging(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str], log: &str) -> Mounted {
         let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
         let state = home.parent().expect("home has a parent").join("state");
         let child = Command::new(BIN)
@@ -295,7 +306,7 @@ impl Mounted {
             .arg("--state-dir")
             .arg(&state)
             .args(args)
-            .env("MSBFS_LOG", std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into()))
+            .env("MSBFS_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
