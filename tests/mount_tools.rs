@@ -442,15 +442,27 @@ p.register(fd, select.POLLIN)
 print("poll", p.poll(0) == [(fd, select.POLLIN)])
 "#;
 
+const PY_PARKED: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+while os.read(fd, 1 << 20):
+    pass
+os.read(fd, 4096)                    # the second end of file
+print("PARKING", flush=True)
+os.read(fd, 4096)                    # parks until killed
+"#;
+
 /// Case 10: What ordinary readers ask besides reads (bash `read` and Python `open` call
-/// isatty; poll; lseek with SEEK_END/DATA/HOLE) is answered as for a regular file and
-/// leaves no warning or error in the daemon's log (only debug lines).
+/// isatty; poll; lseek with SEEK_END/DATA/HOLE) is answered as for a regular file, and
+/// a reader killed while its read is parked is no error: none of it leaves a warning or
+/// an error in the daemon's log (the debug lines show it all happened).
 #[test]
 fn readers_leave_no_warnings_in_the_log() {
     let env = Env::new();
     let logs = env.logs_dir("quiet");
     Sim::new("quiet", 100).seed(14).run_lib(&env.home);
-    let m = env.mount_logging("info,fuser=warn,msbfs::fuse=debug");
+    // The daemon's default filter, plus debug lines of the adapter and of fuser's replies.
+    let m = env.mount_logging("info,fuser=warn,fuser::reply=debug,msbfs::fuse=debug");
     let merged = env.merged("quiet");
     wait_caught_up(&logs, &merged, Duration::from_secs(10));
 
@@ -463,8 +475,31 @@ fn readers_leave_no_warnings_in_the_log() {
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     assert_eq!(String::from_utf8_lossy(&py.stdout), "isatty False True\nlseek True True True\npoll True\n");
 
+    let mut parked = ChildGuard::new(
+        "python3",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_PARKED)
+            .arg(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let lines = Lines::new(parked.child().stdout.take().unwrap());
+    assert_eq!(lines.next(Duration::from_secs(10), "PARKING"), "PARKING");
+    wait_parked_in_read(parked.pid(), Duration::from_secs(5));
+    parked.signal(libc::SIGKILL);
+    parked.wait_exit(Duration::from_secs(5)).expect("the killed reader exits");
+    wait_until(Duration::from_secs(5), "the answer to the killed reader is logged", || {
+        m.stderr().contains("Failed to send FUSE reply")
+    });
+
     let log = m.stderr();
     assert!(log.contains("op=\"ioctl\""), "the isatty requests were answered through the failure helper:\n{log}");
+    for line in log.lines().filter(|l| l.contains("Failed to send FUSE reply")) {
+        assert!(line.contains(" DEBUG fuser::reply: "), "a reply to a vanished reader is debug: {line}");
+    }
     let noisy: Vec<&str> =
         log.lines().filter(|l| ["WARN", "ERROR", "Not Implemented"].iter().any(|w| l.contains(w))).collect();
     assert!(noisy.is_empty(), "warnings in the daemon's log:\n{}", noisy.join("\n"));

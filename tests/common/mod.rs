@@ -262,7 +262,7 @@ impl Env {
 
     /// Mounts logging with the `MSBFS_LOG` filter `log`.
     pub fn mount_logging(&self, log: &str) -> Mounted {
-        Mounted::start_logging(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], log)
+        Mounted::start_logging(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], Some(log))
     }
 
     /// The state directory the mounts of this environment share (under the root).
@@ -289,29 +289,24 @@ impl Mounted {
     }
 
     /// Like [`Mounted::start`] with extra arguments.
+    /// The daemon logs with its default filter, or `$MSBFS_IT_LOG` when set.
     pub fn start_with(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str]) -> Mounted {
-        let log = std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into());
-        Mounted::start_logging(home, mnt, stderr_path, args, &log)
+        Mounted::start_logging(home, mnt, stderr_path, args, std::env::var("MSBFS_IT_LOG").ok().as_deref())
     }
 
-    /// Like [`Mounted::start_with`], logging with the `MSBFS_LOG` filter `log`.
-    pub fn start_logging(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str], log: &str) -> Mounted {
+    /// Like [`Mounted::start_with`], logging with the `MSBFS_LOG` filter `log` (`None`:
+    /// the daemon's default).
+    pub fn start_logging(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str], log: Option<&str>) -> Mounted {
         let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
         let state = home.parent().expect("home has a parent").join("state");
-        let child = Command::new(BIN)
-            .arg("mount")
-            .arg(mnt)
-            .arg("--home")
-            .arg(home)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .env("MSBFS_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn msbfs mount");
+        let mut command = Command::new(BIN);
+        command.arg("mount").arg(mnt).arg("--home").arg(home).arg("--state-dir").arg(&state).args(args);
+        match log {
+            Some(log) => command.env("MSBFS_LOG", log),
+            None => command.env_remove("MSBFS_LOG"),
+        };
+        let child =
+            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn msbfs mount");
         let mut m = Mounted {
             child: Some(child),
             mnt: mnt.to_path_buf(),
