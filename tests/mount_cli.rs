@@ -1,4 +1,5 @@
-//! The `msbfs mount` command line: argument errors, stale mountpoints, clean unmount.
+//! The `msbfs mount` command line: argument errors, stale mountpoints, clean unmount,
+//! and the stop after a panic of the ingest thread.
 
 mod common;
 
@@ -127,4 +128,27 @@ fn sigint_unmounts_with_a_parked_reader() {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("parked read returned {n} bytes after unmount"),
     }
+}
+
+/// Case 15: A panic of the ingest thread stops the mount instead of leaving files that
+/// silently stopped growing: unmounted, exit 1, a one-line message. The panic is the
+/// test hook `MSBFS_TEST_INGEST_PANIC` (at the thread's first wake-up).
+#[test]
+fn a_panic_in_ingest_unmounts_and_exits_non_zero() {
+    let env = Env::new();
+    let logs = env.logs_dir("box");
+    Sim::new("box", 100).seed(15).run_lib(&env.home);
+    let mut m = env.mount_env(&[(msbfs::ingest::TEST_PANIC_ENV, "1")]);
+    let merged = env.merged("box");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    append_exec(&logs, "stdout", 1, "wakes ingest\n");
+    let st = m.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("still running:\n{}", m.stderr()));
+    let stderr = m.stderr();
+    assert_eq!(st.code(), Some(1), "exit status {st}; stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("msbfs: ingest failed (") && last.ends_with("); unmounted"), "last line: {last}");
+    assert!(last.contains("MSBFS_TEST_INGEST_PANIC"), "the message names the panic: {last}");
+    assert!(stderr.contains("the ingest thread panicked"), "{stderr}");
+    assert!(!m.is_mounted(), "unmounted");
+    assert!(fs::read_dir(&env.mnt).unwrap().next().is_none(), "the mountpoint is an empty directory again");
 }

@@ -262,7 +262,12 @@ impl Env {
 
     /// Mounts logging with the `MSBFS_LOG` filter `log`.
     pub fn mount_logging(&self, log: &str) -> Mounted {
-        Mounted::start_logging(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], Some(log))
+        Mounted::spawn(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], Some(log), &[])
+    }
+
+    /// Mounts with `envs` added to the daemon's environment.
+    pub fn mount_env(&self, envs: &[(&str, &str)]) -> Mounted {
+        Mounted::spawn(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], None, envs)
     }
 
     /// The state directory the mounts of this environment share (under the root).
@@ -291,12 +296,19 @@ impl Mounted {
     /// Like [`Mounted::start`] with extra arguments.
     /// The daemon logs with its default filter, or `$MSBFS_IT_LOG` when set.
     pub fn start_with(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str]) -> Mounted {
-        Mounted::start_logging(home, mnt, stderr_path, args, std::env::var("MSBFS_IT_LOG").ok().as_deref())
+        Mounted::spawn(home, mnt, stderr_path, args, std::env::var("MSBFS_IT_LOG").ok().as_deref(), &[])
     }
 
     /// Like [`Mounted::start_with`], logging with the `MSBFS_LOG` filter `log` (`None`:
-    /// the daemon's default).
-    pub fn start_logging(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str], log: Option<&str>) -> Mounted {
+    /// the daemon's default), with `envs` added to its environment.
+    pub fn spawn(
+        home: &Path,
+        mnt: &Path,
+        stderr_path: &Path,
+        args: &[&str],
+        log: Option<&str>,
+        envs: &[(&str, &str)],
+    ) -> Mounted {
         let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
         let state = home.parent().expect("home has a parent").join("state");
         let mut command = Command::new(BIN);
@@ -305,6 +317,7 @@ impl Mounted {
             Some(log) => command.env("MSBFS_LOG", log),
             None => command.env_remove("MSBFS_LOG"),
         };
+        command.envs(envs.iter().copied());
         let child =
             command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn msbfs mount");
         let mut m = Mounted {
