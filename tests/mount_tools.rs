@@ -2,6 +2,7 @@
 //! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS, and a daemon log free of
 //! warnings about what ordinary readers ask (isatty, poll, lseek).
 
+#[macro_use]
 mod common;
 
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +20,7 @@ fn sh(cmd: &mut Command) -> std::process::Output {
 /// Case 1: cat and grep -c on a rotated (but not yet pruned) history.
 #[test]
 fn cat_and_grep_on_rotated_history() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("box");
     let s = Sim::new("box", 6000).rotate(200_000).seed(11).run_bin(&env.home);
@@ -93,12 +95,14 @@ fn follow_with(argv: &[&str], name: &str) {
 /// Case 2: GNU tail -f across rotations.
 #[test]
 fn gnu_tail_follows_across_rotation() {
+    require_mount!();
     follow_with(&["tail", "-n", "+1", "-f"], "gnu");
 }
 
 /// Case 3: busybox tail -f across rotations.
 #[test]
 fn busybox_tail_follows_across_rotation() {
+    require_mount!();
     follow_with(&["busybox", "tail", "-n", "+1", "-f"], "bb");
 }
 
@@ -107,6 +111,7 @@ fn busybox_tail_follows_across_rotation() {
 /// wait for data; every new line of the live one is shown within 2 s.
 #[test]
 fn busybox_tail_of_an_idle_and_a_live_file() {
+    require_mount!();
     let env = Env::new();
     let (idle, live) = (env.logs_dir("idle"), env.logs_dir("live"));
     Sim::new("idle", 50).seed(12).run_lib(&env.home);
@@ -171,6 +176,7 @@ impl Drop for Tmux {
 /// Case 4: less +F under tmux: follows, Ctrl-C stops following, q quits.
 #[test]
 fn less_follow_mode_under_tmux() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("lessbox");
     Sim::new("lessbox", 200).seed(3).run_lib(&env.home);
@@ -234,6 +240,7 @@ print("NOT INTERRUPTED", flush=True)
 /// Case 5: A Python follower: woken by an append, interrupted by SIGINT while blocked.
 #[test]
 fn python_follower_wakes_and_is_interruptible() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("py");
     Sim::new("py", 300).seed(4).run_lib(&env.home);
@@ -284,6 +291,7 @@ fn python_follower_wakes_and_is_interruptible() {
 /// Case 6: getfattr user.cursor: 4 positions, exec at (inode, size) of exec.log once caught up.
 #[test]
 fn cursor_xattr_via_getfattr() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("cur");
     let s = Sim::new("cur", 4000).rotate(150_000).seed(6).run_bin(&env.home);
@@ -317,6 +325,7 @@ fn cursor_xattr_via_getfattr() {
 /// Case 7: A sandbox appears while mounted and disappears when deleted.
 #[test]
 fn sandbox_appears_and_disappears() {
+    require_mount!();
     let env = Env::new();
     env.logs_dir("old");
     let _m = env.mount();
@@ -343,6 +352,7 @@ fn sandbox_appears_and_disappears() {
 /// Case 8: O_NONBLOCK reads at end of file return 0 at once, every time.
 #[test]
 fn nonblocking_reads_never_block() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("nb");
     let s = Sim::new("nb", 300).seed(8).run_lib(&env.home);
@@ -382,6 +392,7 @@ fn nonblocking_reads_never_block() {
 /// Case 9: Every write-type operation fails with EROFS.
 #[test]
 fn write_operations_fail_with_erofs() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("ro");
     Sim::new("ro", 50).run_lib(&env.home);
@@ -458,6 +469,7 @@ os.read(fd, 4096)                    # parks until killed
 /// an error in the daemon's log (the debug lines show it all happened).
 #[test]
 fn readers_leave_no_warnings_in_the_log() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("quiet");
     Sim::new("quiet", 100).seed(14).run_lib(&env.home);

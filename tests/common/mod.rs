@@ -6,6 +6,10 @@
 //! - [`ChildGuard`]: any spawned tool, SIGKILLed and reaped on drop.
 //! - Simulator helpers (binary and library), parsing of rendered lines, marker checks,
 //!   poll-with-deadline helpers.
+//! - [`require_mount!`]: the first line of every test that mounts. Without root or
+//!   `/dev/fuse` the test returns at once, passing, after a line starting with
+//!   [`SKIP_MARKER`] on the real stderr (not captured by the test harness, so it shows
+//!   in every run); `scripts/test.sh` fails a run that printed one.
 
 #![allow(dead_code)]
 
@@ -22,6 +26,45 @@ use base64::Engine as _;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_msbfs");
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Skipping where nothing can be mounted
+
+/// How the line of a skipped mount test starts (`scripts/test.sh` greps for it).
+pub const SKIP_MARKER: &str = "msbfs-test SKIPPED";
+
+/// Why nothing can be mounted here, if so: msbfs mounts with mount(2), which needs
+/// root, and serves through `/dev/fuse`.
+pub fn mount_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (msbfs mounts with mount(2))".into());
+    }
+    match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot open /dev/fuse: {e}")),
+    }
+}
+
+/// True when the calling test must be skipped; it then wrote why to stderr, with one
+/// write to the process's stderr itself, which the test harness does not capture (it
+/// captures only `print!` and `eprint!`).
+pub fn skip_without_mount() -> bool {
+    let Some(reason) = mount_unavailable() else { return false };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = std::io::stderr().write_all(format!("{SKIP_MARKER}: {test}: {reason}\n").as_bytes());
+    true
+}
+
+/// Returns from the calling test when nothing can be mounted here
+/// ([`skip_without_mount`]).
+macro_rules! require_mount {
+    () => {
+        if $crate::common::skip_without_mount() {
+            return;
+        }
+    };
+}
 
 // ---------------------------------------------------------------------------
 // Polling
