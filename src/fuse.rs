@@ -1,5 +1,13 @@
 //! A thin adapter from fuser's `Filesystem` trait to [`crate::fs::Fs`], with errno
-//! mapping in one place ([`errno`]). No logic lives here.
+//! mapping in one place ([`errno`]) and every failed request answered and logged (at
+//! debug, with its operation) by one helper, `fail`. No logic lives here.
+//!
+//! Operations msbfs does not serve are refused quietly by one table (`refuse!`):
+//! every write-type operation with `EROFS`; `ioctl` with `ENOTTY` (each `isatty` of a
+//! reader asks); `poll` and `lseek` with `ENOSYS`, after which the kernel stops asking
+//! and does them itself: `poll` reports the file always readable, as for any regular
+//! file (a follower then blocks in `read`, DESIGN §2.4), and `lseek` is the generic one
+//! over `st_size` (`SEEK_END`, `SEEK_DATA` at 0, `SEEK_HOLE` at the size).
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -8,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, IoctlFlags, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, Fs, FsError, NodeKind, ReadReply};
@@ -30,7 +39,57 @@ pub fn errno(err: FsError) -> Errno {
         FsError::BadHandle => Errno::EBADF,
         FsError::Interrupted => Errno::EINTR,
         FsError::Io => Errno::EIO,
+        FsError::BufferTooSmall => Errno::ERANGE,
+        FsError::NotTty => Errno::ENOTTY,
+        FsError::Unsupported => Errno::ENOSYS,
     }
+}
+
+/// A fuser reply that can carry an errno (each reply type has its own `error`).
+trait ErrorReply {
+    fn error(self, errno: Errno);
+}
+
+macro_rules! error_reply {
+    ($($reply:ty),*) => {
+        $(impl ErrorReply for $reply {
+            fn error(self, errno: Errno) {
+                <$reply>::error(self, errno);
+            }
+        })*
+    };
+}
+
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyIoctl,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyPoll,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// The one way a request fails: logged at debug with its operation, answered with the
+/// errno of `err`.
+fn fail(op: &'static str, err: FsError, reply: impl ErrorReply) {
+    let errno = errno(err);
+    tracing::debug!(op, errno = errno.code(), "request failed: {err:?}");
+    reply.error(errno);
+}
+
+/// Implements operations msbfs refuses, each answered through [`fail`] with its error.
+macro_rules! refuse {
+    ($($err:ident: fn $op:ident(&self, $($arg:ident: $ty:ty),* $(,)?) -> $reply:ty;)*) => {
+        $(fn $op(&self, $($arg: $ty,)* reply: $reply) {
+            fail(stringify!($op), FsError::$err, reply);
+        })*
+    };
 }
 
 fn ttl(attr: &Attr) -> Duration {
@@ -72,15 +131,15 @@ impl ReadReply for FuseRead {
         self.0.data(bytes);
     }
     fn error(self: Box<Self>, err: FsError) {
-        self.0.error(errno(err));
+        fail("read", err, self.0);
     }
 }
 
-fn reply_xattr(result: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+fn reply_xattr(op: &'static str, result: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
     match result {
-        Err(e) => reply.error(errno(e)),
+        Err(e) => fail(op, e, reply),
         Ok(value) if size == 0 => reply.size(value.len() as u32),
-        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) if value.len() > size as usize => fail(op, FsError::BufferTooSmall, reply),
         Ok(value) => reply.data(&value),
     }
 }
@@ -103,24 +162,24 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        let Some(name) = name.to_str() else { return fail("lookup", FsError::NotFound, reply) };
         match self.fs.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&ttl(&attr), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("lookup", e, reply),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&ttl(&attr), &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("getattr", e, reply),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("open", e, reply),
         }
     }
 
@@ -159,7 +218,7 @@ impl fuser::Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("opendir", e, reply),
         }
     }
 
@@ -177,7 +236,7 @@ impl fuser::Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("readdir", e, reply),
         }
     }
 
@@ -187,143 +246,112 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let value = name.to_str().ok_or(FsError::NoAttr).and_then(|n| self.fs.getxattr(ino.0, n));
-        reply_xattr(value, size, reply);
+        reply_xattr("getxattr", value, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.fs.listxattr(ino.0), size, reply);
+        reply_xattr("listxattr", self.fs.listxattr(ino.0), size, reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.fs.getattr(ino.0) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) if mask.contains(AccessFlags::W_OK) => fail("access", FsError::ReadOnly, reply),
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => fail("access", e, reply),
         }
     }
 
-    // Every write-type operation: read-only filesystem.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(&self, _req: &Request, _ino: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _o: u64, _l: u64, _m: i32, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
-        _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
+    refuse! {
+        ReadOnly: fn setattr(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _mode: Option<u32>,
+            _uid: Option<u32>,
+            _gid: Option<u32>,
+            _size: Option<u64>,
+            _atime: Option<TimeOrNow>,
+            _mtime: Option<TimeOrNow>,
+            _ctime: Option<SystemTime>,
+            _fh: Option<FileHandle>,
+            _crtime: Option<SystemTime>,
+            _chgtime: Option<SystemTime>,
+            _bkuptime: Option<SystemTime>,
+            _flags: Option<BsdFileFlags>,
+        ) -> ReplyAttr;
+        ReadOnly: fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, _rdev: u32)
+            -> ReplyEntry;
+        ReadOnly: fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32) -> ReplyEntry;
+        ReadOnly: fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr) -> ReplyEmpty;
+        ReadOnly: fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr) -> ReplyEmpty;
+        ReadOnly: fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _target: &Path) -> ReplyEntry;
+        ReadOnly: fn rename(
+            &self,
+            _req: &Request,
+            _p: INodeNo,
+            _n: &OsStr,
+            _np: INodeNo,
+            _nn: &OsStr,
+            _flags: RenameFlags,
+        ) -> ReplyEmpty;
+        ReadOnly: fn link(&self, _req: &Request, _ino: INodeNo, _np: INodeNo, _nn: &OsStr) -> ReplyEntry;
+        ReadOnly: fn write(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _fh: FileHandle,
+            _offset: u64,
+            _data: &[u8],
+            _write_flags: WriteFlags,
+            _flags: OpenFlags,
+            _lock_owner: Option<LockOwner>,
+        ) -> ReplyWrite;
+        ReadOnly: fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, _flags: i32)
+            -> ReplyCreate;
+        ReadOnly: fn setxattr(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _name: &OsStr,
+            _value: &[u8],
+            _flags: i32,
+            _position: u32,
+        ) -> ReplyEmpty;
+        ReadOnly: fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr) -> ReplyEmpty;
+        ReadOnly: fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _o: u64, _l: u64, _m: i32)
+            -> ReplyEmpty;
+        ReadOnly: fn copy_file_range(
+            &self,
+            _req: &Request,
+            _ino_in: INodeNo,
+            _fh_in: FileHandle,
+            _offset_in: u64,
+            _ino_out: INodeNo,
+            _fh_out: FileHandle,
+            _offset_out: u64,
+            _len: u64,
+            _flags: CopyFileRangeFlags,
+        ) -> ReplyWrite;
+        NotTty: fn ioctl(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _fh: FileHandle,
+            _flags: IoctlFlags,
+            _cmd: u32,
+            _in_data: &[u8],
+            _out_size: u32,
+        ) -> ReplyIoctl;
+        Unsupported: fn poll(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _fh: FileHandle,
+            _ph: PollNotifier,
+            _events: PollEvents,
+            _flags: PollFlags,
+        ) -> ReplyPoll;
+        Unsupported: fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32)
+            -> ReplyLseek;
     }
 }

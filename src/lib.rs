@@ -5,7 +5,8 @@
 //! Data flows one way (DESIGN §3): producer files → [`source`] → [`ingest`] →
 //! [`timeline`] (renderer, batches, checkpoints) → [`store`] (rendered bytes on disk)
 //! → [`fs`] (handles, follow mode) → [`fuse`] (thin adapter). [`mount`] wires them
-//! together; [`simulate`] is a producer that writes exactly what microsandbox writes.
+//! together and [`logging`] sets up the log; [`simulate`] is a producer that writes
+//! exactly what microsandbox writes.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod fs;
 pub mod fuse;
 pub mod ingest;
 pub mod limits;
+pub mod logging;
 pub mod mount;
 pub mod simulate;
 pub mod source;

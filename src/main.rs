@@ -162,13 +162,7 @@ fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
 
 fn main() -> ExitCode {
     let stop_signals = mount::block_stop_signals();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MSBFS_LOG")
-                .unwrap_or_else(|_| "info,fuser=warn,fuser::reply=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    msbfs::logging::init();
     match Cli::parse().command {
         Command::Mount { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling } => {
             let home = home.unwrap_or_else(mount::default_home);

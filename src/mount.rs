@@ -135,6 +135,7 @@ fn mount_fuse(mountpoint: &Path, allow_other: bool) -> std::io::Result<std::os::
 enum Event {
     Signal(Signal),
     Ended(std::io::Result<()>),
+    IngestPanicked(String),
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and returns them as a set
@@ -150,8 +151,9 @@ pub fn block_stop_signals() -> SigSet {
     set
 }
 
-/// Mounts and serves until SIGINT/SIGTERM/SIGHUP or an external unmount. `ready` runs
-/// once the filesystem is mounted. The stop signals must already be blocked in every
+/// Mounts and serves until SIGINT/SIGTERM/SIGHUP, an external unmount, or a panic of
+/// the ingest thread (then it unmounts and returns an error). `ready` runs once the
+/// filesystem is mounted. The stop signals must already be blocked in every
 /// thread ([`block_stop_signals`] first thing in `main`).
 pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
     check_home(&opts.home)?;
@@ -166,6 +168,11 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     let fs = Fs::with_ceiling(owner, opts.bench_ceiling);
     let syncer = Syncer::start(store.clone(), SYNC_EVERY)?;
     let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone())?;
+    let (tx, rx) = mpsc::channel();
+    let panicked = tx.clone();
+    ingest.on_panic(move |message| {
+        let _ = panicked.send(Event::IngestPanicked(message));
+    });
     let acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     let fd = match mount_fuse(&opts.mountpoint, opts.allow_other) {
         Ok(fd) => fd,
@@ -184,7 +191,6 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
             return Err(MountError::Io(e));
         }
     };
-    let (tx, rx) = mpsc::channel();
     let ended = tx.clone();
     std::thread::Builder::new().name("msbfs-fuse".into()).spawn(move || {
         let _ = ended.send(Event::Ended(session.run()));
@@ -202,17 +208,27 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
         "mounted"
     );
     ready();
+    let unmount_now = || {
+        fs.shutdown();
+        unmount(&opts.mountpoint);
+        // The worker threads see the connection go away in different ways once we
+        // unmounted; none of that is a failure of the stop we asked for.
+        if let Ok(Event::Ended(Err(e))) = rx.recv_timeout(Duration::from_secs(3)) {
+            tracing::debug!("session ended after unmount: {e}");
+        }
+    };
     let result = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             tracing::info!("{sig}: unmounting");
-            fs.shutdown();
-            unmount(&opts.mountpoint);
-            // The worker threads see the connection go away in different ways once
-            // we unmounted; none of that is a failure of the stop we asked for.
-            if let Ok(Event::Ended(Err(e))) = rx.recv_timeout(Duration::from_secs(3)) {
-                tracing::debug!("session ended after unmount: {e}");
-            }
+            unmount_now();
             Ok(())
+        }
+        Ok(Event::IngestPanicked(message)) => {
+            // The files would silently stop growing: better no mount than a stale one.
+            tracing::error!("the ingest thread panicked: {message}; unmounting");
+            unmount_now();
+            let first_line = message.lines().next().unwrap_or_default();
+            Err(MountError::Io(std::io::Error::other(format!("ingest failed ({first_line}); unmounted"))))
         }
         Ok(Event::Ended(r)) => r.map_err(MountError::Io),
         Err(_) => Ok(()),

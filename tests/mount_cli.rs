@@ -1,5 +1,7 @@
-//! The `msbfs mount` command line: argument errors, stale mountpoints, clean unmount.
+//! The `msbfs mount` command line: argument errors, stale mountpoints, clean unmount,
+//! and the stop after a panic of the ingest thread.
 
+#[macro_use]
 mod common;
 
 use std::fs::{self, File};
@@ -57,6 +59,7 @@ fn usage_errors_exit_2() {
 /// Case 13: A mountpoint left stale by a SIGKILLed daemon is detached and reused.
 #[test]
 fn stale_mountpoint_is_recovered() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("box");
     let s = Sim::new("box", 500).seed(9).run_lib(&env.home);
@@ -88,6 +91,7 @@ fn stale_mountpoint_is_recovered() {
 /// Case 14: SIGINT unmounts cleanly (exit 0) even while a reader is parked in a blocking read.
 #[test]
 fn sigint_unmounts_with_a_parked_reader() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("box");
     Sim::new("box", 200).seed(10).run_lib(&env.home);
@@ -127,4 +131,58 @@ fn sigint_unmounts_with_a_parked_reader() {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("parked read returned {n} bytes after unmount"),
     }
+}
+
+/// Case 15: A panic of the ingest thread stops the mount instead of leaving files that
+/// silently stopped growing: unmounted, exit 1, a one-line message. The panic is the
+/// test hook `MSBFS_TEST_INGEST_PANIC` (at the thread's first wake-up).
+#[test]
+fn a_panic_in_ingest_unmounts_and_exits_non_zero() {
+    require_mount!();
+    let env = Env::new();
+    let logs = env.logs_dir("box");
+    Sim::new("box", 100).seed(15).run_lib(&env.home);
+    let mut m = env.mount_env(&[(msbfs::ingest::TEST_PANIC_ENV, "1")]);
+    let merged = env.merged("box");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    append_exec(&logs, "stdout", 1, "wakes ingest\n");
+    let st = m.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("still running:\n{}", m.stderr()));
+    let stderr = m.stderr();
+    assert_eq!(st.code(), Some(1), "exit status {st}; stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("msbfs: ingest failed (") && last.ends_with("); unmounted"), "last line: {last}");
+    assert!(last.contains("MSBFS_TEST_INGEST_PANIC"), "the message names the panic: {last}");
+    assert!(stderr.contains("the ingest thread panicked"), "{stderr}");
+    assert!(!m.is_mounted(), "unmounted");
+    assert!(fs::read_dir(&env.mnt).unwrap().next().is_none(), "the mountpoint is an empty directory again");
+}
+
+/// Case 16: Without root, a mount test is skipped: it passes, and says so on stderr
+/// even though the harness captures a passing test's output. (This very test binary,
+/// copied where nobody can read it, run as nobody.)
+#[test]
+fn mount_tests_are_skipped_with_a_reason_without_root() {
+    require_mount!();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let exe = dir.path().join("mount_cli");
+    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::os::unix::fs::chown(&exe, Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args(["--exact", "sigint_unmounts_with_a_parked_reader", "--test-threads=1"])
+        .env("HOME", dir.path())
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stdout.contains("test result: ok. 1 passed"), "stdout:\n{stdout}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains(SKIP_MARKER)).collect::<Vec<_>>(),
+        [format!("{SKIP_MARKER}: sigint_unmounts_with_a_parked_reader: not root (msbfs mounts with mount(2))")],
+        "stderr:\n{stderr}"
+    );
 }

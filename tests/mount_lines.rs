@@ -3,6 +3,7 @@
 //! (chunks cut at 4 KiB or random boundaries) followed by GNU `tail -f` show every
 //! logical line exactly once, whole.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -135,6 +136,7 @@ impl Drop for Follower {
 /// the answer typed after it is a new line.
 #[test]
 fn prompt_without_newline_reaches_a_parked_follower_within_a_second() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("pw");
     append_exec(&logs, "stdout", 5, "ready\n");
@@ -298,11 +300,13 @@ fn block_buffered_producer_with_gnu_tail(chunking: &'static str, lines: u64, rat
 
 #[test]
 fn fixed4k_producer_followed_by_gnu_tail_shows_whole_lines() {
+    require_mount!();
     block_buffered_producer_with_gnu_tail("fixed4k", 50_000, 50_000.0, 21, 0);
 }
 
 #[test]
 fn random_chunk_producer_followed_by_gnu_tail_shows_whole_lines() {
+    require_mount!();
     block_buffered_producer_with_gnu_tail("random", 50_000, 50_000.0, 22, 0);
 }
 
@@ -311,5 +315,6 @@ fn random_chunk_producer_followed_by_gnu_tail_shows_whole_lines() {
 // ms: each fragment must get its own 250 ms, not the stream's first.
 #[test]
 fn slow_fixed4k_producer_followed_by_gnu_tail_shows_whole_lines() {
+    require_mount!();
     block_buffered_producer_with_gnu_tail("fixed4k", 5_000, 3_000.0, 34, 300);
 }

@@ -5,6 +5,7 @@
 //! gets the whole history after many fast rotations, no descriptor to a deleted file is
 //! kept without need, and a bad or shared state directory is refused.
 
+#[macro_use]
 mod common;
 
 use std::fs::{self, File};
@@ -48,6 +49,7 @@ fn epoch_dir(env: &Env) -> PathBuf {
 /// follows, and a loss is announced only where generations really vanished.
 #[test]
 fn restarts_keep_the_inode_and_every_byte() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("web");
     let merged = env.merged("web");
@@ -95,6 +97,7 @@ fn restarts_keep_the_inode_and_every_byte() {
 /// moments.
 #[test]
 fn sigkill_at_random_moments_loses_and_changes_nothing() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("crash");
     let merged = env.merged("crash");
@@ -176,6 +179,7 @@ fn sigkill_at_random_moments_loses_and_changes_nothing() {
 /// what it repaired, and serves the same consistent file.
 #[test]
 fn torn_or_corrupt_state_files_are_repaired() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("torn");
     let merged = env.merged("torn");
@@ -224,6 +228,7 @@ fn torn_or_corrupt_state_files_are_repaired() {
 /// see text, not a binary file; `SEEK_HOLE` is the end of the file.
 #[test]
 fn a_tiny_budget_drops_the_oldest_bytes_as_notices_of_their_length() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("tiny");
     let merged = env.merged("tiny");
@@ -289,6 +294,7 @@ fn has_marker(line: &[u8]) -> bool {
 /// runtime lines included, although the generations are long gone from disk.
 #[test]
 fn a_late_reader_gets_the_whole_history_after_fast_rotations() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("late");
     let merged = env.merged("late");
@@ -308,6 +314,7 @@ fn a_late_reader_gets_the_whole_history_after_fast_rotations() {
 /// points at a deleted file.
 #[test]
 fn deleted_generations_are_not_held_without_need() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("fds");
     let merged = env.merged("fds");
@@ -343,6 +350,7 @@ fn msbfs(args: &[&str]) -> std::process::Output {
 /// second daemon on the same home and state directory is refused with a clear message.
 #[test]
 fn bad_or_shared_state_directories_are_refused() {
+    require_mount!();
     let env = Env::new();
     env.logs_dir("one");
     let home = env.home.to_str().unwrap();
@@ -398,6 +406,7 @@ impl Drop for Tmpfs {
 /// stores what comes next, and a restart finds those ranges again.
 #[test]
 fn a_full_state_filesystem_keeps_the_mount_and_announces_what_it_could_not_keep() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("full");
     let merged = env.merged("full");

@@ -4,6 +4,7 @@
 //! where it happened with a lower-bound count; the store keeps everything, so a cold
 //! read gives exactly the bytes the live reader got.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ const ROTATE: u64 = 262_144;
 /// announced loss), in order; a cold read from 0 gives the very same bytes.
 #[test]
 fn unpaced_rotation_stress_live_and_cold() {
+    require_mount!();
     for round in 0..3u64 {
         let t0 = Instant::now();
         let env = Env::new();
@@ -61,6 +63,7 @@ fn unpaced_rotation_stress_live_and_cold() {
 /// was on disk at first sight and everything after it (or an announced loss).
 #[test]
 fn mount_in_the_middle_of_rotating_writes() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("mid");
     let merged = env.merged("mid");

@@ -1,6 +1,8 @@
 //! Real tools against a real mount: cat, grep, GNU and busybox tail -f, less +F under
-//! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS.
+//! tmux, a Python follower, getfattr, O_NONBLOCK, EROFS, and a daemon log free of
+//! warnings about what ordinary readers ask (isatty, poll, lseek).
 
+#[macro_use]
 mod common;
 
 use std::fs::{self, File, OpenOptions};
@@ -18,6 +20,7 @@ fn sh(cmd: &mut Command) -> std::process::Output {
 /// Case 1: cat and grep -c on a rotated (but not yet pruned) history.
 #[test]
 fn cat_and_grep_on_rotated_history() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("box");
     let s = Sim::new("box", 6000).rotate(200_000).seed(11).run_bin(&env.home);
@@ -92,13 +95,58 @@ fn follow_with(argv: &[&str], name: &str) {
 /// Case 2: GNU tail -f across rotations.
 #[test]
 fn gnu_tail_follows_across_rotation() {
+    require_mount!();
     follow_with(&["tail", "-n", "+1", "-f"], "gnu");
 }
 
 /// Case 3: busybox tail -f across rotations.
 #[test]
 fn busybox_tail_follows_across_rotation() {
+    require_mount!();
     follow_with(&["busybox", "tail", "-n", "+1", "-f"], "bb");
+}
+
+/// Case 3b: busybox tail -f on an idle and a live merged.log together: busybox reads
+/// each file at its end once a second, so a read at the end of the idle file must never
+/// wait for data; every new line of the live one is shown within 2 s.
+#[test]
+fn busybox_tail_of_an_idle_and_a_live_file() {
+    require_mount!();
+    let env = Env::new();
+    let (idle, live) = (env.logs_dir("idle"), env.logs_dir("live"));
+    Sim::new("idle", 50).seed(12).run_lib(&env.home);
+    Sim::new("live", 50).seed(13).run_lib(&env.home);
+    let _m = env.mount();
+    wait_caught_up(&idle, &env.merged("idle"), Duration::from_secs(10));
+    wait_caught_up(&live, &env.merged("live"), Duration::from_secs(10));
+    let mut tail = ChildGuard::new(
+        "busybox tail",
+        Command::new("busybox")
+            .args(["tail", "-f"])
+            .arg(env.merged("idle"))
+            .arg(env.merged("live"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox"),
+    );
+    let lines = Lines::new(tail.child().stdout.take().unwrap());
+    // Several rounds of busybox's one-second loop (the first used to park 30 s on idle).
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        let marker = format!("BB-TWO-FILES-{i}");
+        let t = Instant::now();
+        append_exec(&live, "stdout", 3, &format!("{marker}\n"));
+        let deadline = Duration::from_secs(2);
+        loop {
+            let line = lines.next(deadline.saturating_sub(t.elapsed()), &format!("{marker} within {deadline:?}"));
+            if line.ends_with(&format!(" stdout[3] {marker}")) {
+                break;
+            }
+        }
+    }
+    assert!(tail.is_running());
 }
 
 struct Tmux {
@@ -128,6 +176,7 @@ impl Drop for Tmux {
 /// Case 4: less +F under tmux: follows, Ctrl-C stops following, q quits.
 #[test]
 fn less_follow_mode_under_tmux() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("lessbox");
     Sim::new("lessbox", 200).seed(3).run_lib(&env.home);
@@ -191,6 +240,7 @@ print("NOT INTERRUPTED", flush=True)
 /// Case 5: A Python follower: woken by an append, interrupted by SIGINT while blocked.
 #[test]
 fn python_follower_wakes_and_is_interruptible() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("py");
     Sim::new("py", 300).seed(4).run_lib(&env.home);
@@ -241,6 +291,7 @@ fn python_follower_wakes_and_is_interruptible() {
 /// Case 6: getfattr user.cursor: 4 positions, exec at (inode, size) of exec.log once caught up.
 #[test]
 fn cursor_xattr_via_getfattr() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("cur");
     let s = Sim::new("cur", 4000).rotate(150_000).seed(6).run_bin(&env.home);
@@ -274,6 +325,7 @@ fn cursor_xattr_via_getfattr() {
 /// Case 7: A sandbox appears while mounted and disappears when deleted.
 #[test]
 fn sandbox_appears_and_disappears() {
+    require_mount!();
     let env = Env::new();
     env.logs_dir("old");
     let _m = env.mount();
@@ -300,6 +352,7 @@ fn sandbox_appears_and_disappears() {
 /// Case 8: O_NONBLOCK reads at end of file return 0 at once, every time.
 #[test]
 fn nonblocking_reads_never_block() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("nb");
     let s = Sim::new("nb", 300).seed(8).run_lib(&env.home);
@@ -339,6 +392,7 @@ fn nonblocking_reads_never_block() {
 /// Case 9: Every write-type operation fails with EROFS.
 #[test]
 fn write_operations_fail_with_erofs() {
+    require_mount!();
     let env = Env::new();
     let logs = env.logs_dir("ro");
     Sim::new("ro", 50).run_lib(&env.home);
@@ -384,4 +438,81 @@ fn write_operations_fail_with_erofs() {
     assert!(String::from_utf8_lossy(&tr.stderr).contains("Read-only file system"));
 
     assert!(read_all(&merged) == before, "content unchanged");
+}
+
+const PY_PROBES: &str = r#"
+import os, select, sys
+f = open(sys.argv[1], "rb")          # isatty: an ioctl
+print("isatty", f.isatty(), f.readline().endswith(b"\n"))
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+print("lseek", os.lseek(fd, 0, os.SEEK_END) == size, os.lseek(fd, 0, os.SEEK_DATA) == 0,
+      os.lseek(fd, 0, os.SEEK_HOLE) == size)
+p = select.poll()
+p.register(fd, select.POLLIN)
+print("poll", p.poll(0) == [(fd, select.POLLIN)])
+"#;
+
+const PY_PARKED: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+while os.read(fd, 1 << 20):
+    pass
+os.read(fd, 4096)                    # the second end of file
+print("PARKING", flush=True)
+os.read(fd, 4096)                    # parks until killed
+"#;
+
+/// Case 10: What ordinary readers ask besides reads (bash `read` and Python `open` call
+/// isatty; poll; lseek with SEEK_END/DATA/HOLE) is answered as for a regular file, and
+/// a reader killed while its read is parked is no error: none of it leaves a warning or
+/// an error in the daemon's log (the debug lines show it all happened).
+#[test]
+fn readers_leave_no_warnings_in_the_log() {
+    require_mount!();
+    let env = Env::new();
+    let logs = env.logs_dir("quiet");
+    Sim::new("quiet", 100).seed(14).run_lib(&env.home);
+    // The daemon's default filter, plus debug lines of the adapter and of fuser's replies.
+    let m = env.mount_logging("info,fuser=warn,fuser::reply=debug,msbfs::fuse=debug");
+    let merged = env.merged("quiet");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+
+    let first = String::from_utf8_lossy(&read_all(&merged)).lines().next().unwrap().to_string();
+    let bash =
+        sh(Command::new("bash").args(["-c", r#"read -r line < "$1" && printf '%s\n' "$line""#, "_"]).arg(&merged));
+    assert!(bash.status.success(), "{}", String::from_utf8_lossy(&bash.stderr));
+    assert_eq!(String::from_utf8_lossy(&bash.stdout).trim_end(), first);
+    let py = sh(Command::new("python3").arg("-c").arg(PY_PROBES).arg(&merged));
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert_eq!(String::from_utf8_lossy(&py.stdout), "isatty False True\nlseek True True True\npoll True\n");
+
+    let mut parked = ChildGuard::new(
+        "python3",
+        Command::new("python3")
+            .arg("-c")
+            .arg(PY_PARKED)
+            .arg(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let lines = Lines::new(parked.child().stdout.take().unwrap());
+    assert_eq!(lines.next(Duration::from_secs(10), "PARKING"), "PARKING");
+    wait_parked_in_read(parked.pid(), Duration::from_secs(5));
+    parked.signal(libc::SIGKILL);
+    parked.wait_exit(Duration::from_secs(5)).expect("the killed reader exits");
+    wait_until(Duration::from_secs(5), "the answer to the killed reader is logged", || {
+        m.stderr().contains("Failed to send FUSE reply")
+    });
+
+    let log = m.stderr();
+    assert!(log.contains("op=\"ioctl\""), "the isatty requests were answered through the failure helper:\n{log}");
+    for line in log.lines().filter(|l| l.contains("Failed to send FUSE reply")) {
+        assert!(line.contains(" DEBUG fuser::reply: "), "a reply to a vanished reader is debug: {line}");
+    }
+    let noisy: Vec<&str> =
+        log.lines().filter(|l| ["WARN", "ERROR", "Not Implemented"].iter().any(|w| l.contains(w))).collect();
+    assert!(noisy.is_empty(), "warnings in the daemon's log:\n{}", noisy.join("\n"));
 }

@@ -1,7 +1,8 @@
-//! Parked reads: a read past the end that must wait (DESIGN §2.4) is stored here with
-//! its reply instead of occupying a FUSE worker. It is answered by whoever appends
-//! (through [`Follow::take_for`]), or by the watchdog thread: `EINTR` as soon as the
-//! reader has a pending unblocked signal, end of file after [`PARK_LIMIT`].
+//! Follow mode (DESIGN §2.4): which reads at the end of the file wait (`EofStreak`),
+//! and the reads waiting. A parked read is stored here with its reply instead of
+//! occupying a FUSE worker. It is answered by whoever appends (through
+//! [`Follow::take_for`]), or by the watchdog thread: `EINTR` as soon as the reader has a
+//! pending unblocked signal, end of file after [`PARK_LIMIT`].
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +16,45 @@ use super::{FsError, ReadReply, SandboxNode};
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest a read stays parked before it returns end of file.
 pub const PARK_LIMIT: Duration = Duration::from_secs(30);
+/// End-of-file answers in a row, each retried at once, before a read parks.
+pub const EOF_REPLIES_BEFORE_BLOCKING: u32 = 2;
+/// A read at the end arriving sooner than this after the handle's previous end-of-file
+/// answer is a retry at once (`less +F` retries after 2 ms, a `while read` loop or a
+/// blocking follower after microseconds); later, it is a reader that polls (busybox
+/// `tail -f` and rsyslog `imfile` sleep a second or more between rounds).
+pub const QUICK_RETRY: Duration = Duration::from_millis(20);
+
+/// The end-of-file answers of one handle since it last returned data, deciding when
+/// a read at the end parks: only a reader that retries at once, several times in a
+/// row, waits for data. A reader that polls is answered at once every time, so one
+/// handle never holds a reader of several files (`tail -f a b`) away from the others.
+#[derive(Debug, Default)]
+pub(super) struct EofStreak {
+    /// End-of-file answers in the current run: each came within [`QUICK_RETRY`] of the
+    /// one before.
+    run: u32,
+    /// When the last end-of-file answer was given.
+    last: Option<Instant>,
+}
+
+impl EofStreak {
+    /// A read at the end arriving at `now`: true when it should park. Otherwise it is
+    /// answered with end of file at once, and counted.
+    pub(super) fn park(&mut self, now: Instant) -> bool {
+        let quick = self.last.is_some_and(|at| now.saturating_duration_since(at) < QUICK_RETRY);
+        if quick && self.run >= EOF_REPLIES_BEFORE_BLOCKING {
+            return true;
+        }
+        self.run = if quick { self.run + 1 } else { 1 };
+        self.last = Some(now);
+        false
+    }
+
+    /// The handle returned data: the next read at the end starts a new run.
+    pub(super) fn reset(&mut self) {
+        *self = EofStreak::default();
+    }
+}
 
 /// A read waiting for bytes past the end.
 pub struct Parked {

@@ -21,14 +21,13 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::ingest::Catalog;
 use crate::timeline::Timeline;
-use follow::{Follow, Parked};
+use follow::{EofStreak, Follow, Parked};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 /// Name of the merged file inside each sandbox directory.
 pub const MERGED_NAME: &str = "merged.log";
-/// End-of-file reads in a row answered with 0 before a read blocks (DESIGN §2.4).
-pub const EOF_REPLIES_BEFORE_BLOCKING: u32 = 2;
+pub use follow::{EOF_REPLIES_BEFORE_BLOCKING, QUICK_RETRY};
 
 /// Errors of filesystem operations; `fuse` maps each to one errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +48,12 @@ pub enum FsError {
     Interrupted,
     /// The store could not be read (EIO).
     Io,
+    /// The caller's buffer is too small for the value (ERANGE).
+    BufferTooSmall,
+    /// Not a terminal: no `ioctl` is served (ENOTTY).
+    NotTty,
+    /// Not implemented, so the kernel does it itself (ENOSYS: `poll`, `lseek`).
+    Unsupported,
 }
 
 /// What a node is.
@@ -118,8 +123,8 @@ pub struct SandboxNode {
 struct Handle {
     node: Arc<SandboxNode>,
     nonblock: bool,
-    /// End-of-file answers in a row.
-    eofs: u32,
+    /// End-of-file answers since the last data: when a read at the end parks.
+    eofs: EofStreak,
 }
 
 /// What a read attempt found.
@@ -146,8 +151,13 @@ pub struct Fs {
     started_ms: i64,
     /// Size of the benchmark-only [`ceiling`] file, when enabled.
     ceiling: Option<u64>,
+    /// The time the follow rule goes by: the monotonic clock, or a test's.
+    clock: Clock,
     me: Weak<Fs>,
 }
+
+/// A source of monotonic time.
+type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -161,6 +171,11 @@ impl Fs {
 
     /// Like [`Fs::new`], with the benchmark-only [`ceiling`] file of `ceiling` bytes.
     pub fn with_ceiling(owner: (u32, u32), ceiling: Option<u64>) -> Arc<Fs> {
+        Fs::with_clock(owner, ceiling, Box::new(Instant::now))
+    }
+
+    /// Like [`Fs::with_ceiling`], with the clock the follow rule reads (tests inject theirs).
+    fn with_clock(owner: (u32, u32), ceiling: Option<u64>, clock: Clock) -> Arc<Fs> {
         Arc::new_cyclic(|me| Fs {
             nodes: RwLock::new(Nodes::default()),
             handles: RwLock::new(HashMap::new()),
@@ -169,6 +184,7 @@ impl Fs {
             owner,
             started_ms: now_ms(),
             ceiling,
+            clock,
             me: me.clone(),
         })
     }
@@ -313,7 +329,7 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { node, nonblock: flags & libc::O_NONBLOCK != 0, eofs: 0 };
+        let handle = Handle { node, nonblock: flags & libc::O_NONBLOCK != 0, eofs: EofStreak::default() };
         self.handles.write().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
@@ -336,7 +352,7 @@ impl Fs {
         let (attempt, node) = {
             let mut h = handle.lock();
             h.nonblock = flags & libc::O_NONBLOCK != 0;
-            (Self::attempt(&mut h, offset, size, true), h.node.clone())
+            (Self::attempt(&mut h, offset, size, Some((self.clock)())), h.node.clone())
         };
         match attempt {
             Attempt::Data(bytes) => reply.data(&bytes),
@@ -350,9 +366,9 @@ impl Fs {
         }
     }
 
-    /// One read attempt on a locked handle. `fresh` is false when a parked read is
-    /// retried (it does not count as another end-of-file read).
-    fn attempt(h: &mut Handle, offset: u64, size: u32, fresh: bool) -> Attempt {
+    /// One read attempt on a locked handle. `arrived` is when a new read arrived, `None`
+    /// when a parked read is retried (it does not count as another end-of-file read).
+    fn attempt(h: &mut Handle, offset: u64, size: u32, arrived: Option<Instant>) -> Attempt {
         let out = match h.node.timeline.read(offset, size as usize) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -361,17 +377,17 @@ impl Fs {
             }
         };
         if !out.is_empty() {
-            h.eofs = 0;
+            h.eofs.reset();
             return Attempt::Data(out);
         }
-        if !fresh {
-            return if h.node.timeline.is_closed() { Attempt::Eof } else { Attempt::Park };
-        }
-        if h.nonblock || h.node.timeline.is_closed() || h.eofs < EOF_REPLIES_BEFORE_BLOCKING {
-            h.eofs = h.eofs.saturating_add(1);
+        if h.node.timeline.is_closed() {
             return Attempt::Eof;
         }
-        Attempt::Park
+        match arrived {
+            None => Attempt::Park,
+            Some(now) if !h.nonblock && h.eofs.park(now) => Attempt::Park,
+            Some(_) => Attempt::Eof,
+        }
     }
 
     /// Answers the parked reads of `node` that can now be answered.
@@ -383,7 +399,7 @@ impl Fs {
                 read.reply.data(&[]);
                 continue;
             };
-            let attempt = Self::attempt(&mut handle.lock(), read.offset, read.size, false);
+            let attempt = Self::attempt(&mut handle.lock(), read.offset, read.size, None);
             match attempt {
                 Attempt::Data(bytes) => read.reply.data(&bytes),
                 Attempt::Eof => read.reply.data(&[]),

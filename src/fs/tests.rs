@@ -1,5 +1,6 @@
-//! Kernel-free tests of the filesystem model: layout, attributes, follow-mode reads,
-//! the signal watchdog, xattrs, and dropped ranges through every handle.
+//! Kernel-free tests of the filesystem model: layout, attributes, follow-mode reads
+//! (on a test clock: time only moves when a test moves it), the signal watchdog,
+//! xattrs, and dropped ranges through every handle.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -21,12 +22,32 @@ impl ReadReply for ChanReply {
     }
 }
 
+/// The clock of a test's [`Fs`]: stands still until [`TestClock::advance`].
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<Instant>>);
+
+impl TestClock {
+    fn new() -> TestClock {
+        TestClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn advance(&self, by: Duration) {
+        *self.0.lock() += by;
+    }
+
+    fn source(&self) -> Clock {
+        let now = self.0.clone();
+        Box::new(move || *now.lock())
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
     sim: Simulator,
     store: Arc<Store>,
     ingest: SandboxIngest,
     fs: Arc<Fs>,
+    clock: TestClock,
 }
 
 impl World {
@@ -42,9 +63,10 @@ impl World {
         let logs = dir.path().join("sandboxes/web/logs");
         let store = Store::open(&dir.path().join("state"), dir.path(), Some(budget)).unwrap();
         let ingest = SandboxIngest::create("web", &logs, store.create_epoch("web", b"id").unwrap());
-        let fs = Fs::new((0, 0));
+        let clock = TestClock::new();
+        let fs = Fs::with_clock((0, 0), None, clock.source());
         fs.sandbox_added("web", ingest.timeline().clone());
-        World { _dir: dir, sim, store, ingest, fs }
+        World { _dir: dir, sim, store, ingest, fs, clock }
     }
 
     fn poll(&mut self) {
@@ -185,6 +207,45 @@ fn two_end_of_file_reads_then_the_read_parks_until_data_arrives() {
     // Data reset the count: the next end-of-file read answers at once again.
     let end = size + woken.len() as u64;
     assert_eq!(read_now(&w.fs, fh, end, 4096).unwrap(), b"");
+}
+
+#[test]
+fn a_reader_that_polls_is_answered_at_once_every_time() {
+    let (w, fh, size) = World::at_end_after_two_eofs();
+    // busybox tail -f and rsyslog imfile: a read at the end, a sleep, a read again.
+    for pause in [QUICK_RETRY, Duration::from_millis(500), Duration::from_secs(1), Duration::from_secs(60)] {
+        w.clock.advance(pause);
+        let rx = start_read(&w.fs, fh, size, 4096, 0);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)).expect("answered at once").unwrap(), b"");
+    }
+    assert_eq!(w.fs.parked_reads(), 0);
+    // A reader of several files reads each at its end once per round: never parked.
+    let other = w.open(libc::O_RDONLY);
+    for _ in 0..5 {
+        w.clock.advance(Duration::from_secs(1));
+        for handle in [fh, other] {
+            assert_eq!(read_now(&w.fs, handle, size, 4096).unwrap(), b"");
+        }
+    }
+    assert_eq!(w.fs.parked_reads(), 0);
+}
+
+#[test]
+fn only_end_of_file_reads_retried_at_once_several_times_in_a_row_park() {
+    let (w, fh, size) = World::at_end_after_two_eofs();
+    // A pause breaks the run: this read starts a new one and is answered at once.
+    w.clock.advance(QUICK_RETRY);
+    assert_eq!(read_now(&w.fs, fh, size, 10).unwrap(), b"");
+    // Retried within QUICK_RETRY: the second answer of the run is end of file too, ...
+    w.clock.advance(QUICK_RETRY - Duration::from_millis(1));
+    assert_eq!(read_now(&w.fs, fh, size, 10).unwrap(), b"");
+    // ... the third parks (less +F retries 2 ms after each end of file).
+    w.clock.advance(Duration::from_millis(2));
+    let parked = start_read(&w.fs, fh, size, 10, 0);
+    assert!(parked.recv_timeout(Duration::from_millis(100)).is_err(), "the third quick retry parks");
+    assert_eq!(w.fs.parked_reads(), 1);
+    w.fs.shutdown();
+    assert_eq!(parked.recv_timeout(Duration::from_secs(2)).unwrap().unwrap(), b"");
 }
 
 #[test]

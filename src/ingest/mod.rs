@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::codec::{push_varint, push_zigzag, Decoder};
 use crate::source::generation::{FileId, FileIdentity};
 use crate::store::{SavedEpoch, Store};
@@ -43,13 +45,59 @@ pub trait Catalog: Send + Sync {
     fn sandbox_removed(&self, name: &str);
 }
 
+/// Set to anything in the environment of `msbfs mount`, makes the ingest thread panic
+/// at its first wake-up (a change under `sandboxes/`): how the tests check that a
+/// failing ingest stops the mount. Read once, by [`spawn`]; nothing else looks at it.
+pub const TEST_PANIC_ENV: &str = "MSBFS_TEST_INGEST_PANIC";
+
+/// A panic of the ingest thread on its way to whoever listens: the message or the
+/// listener, whichever comes first, waits here for the other.
+#[derive(Default)]
+struct PanicSlot {
+    message: Option<String>,
+    listener: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+impl PanicSlot {
+    /// Hands the message of a caught panic to the listener, or keeps it for one.
+    fn report(slot: &Mutex<PanicSlot>, payload: Box<dyn std::any::Any + Send>) {
+        let message = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+            (Some(text), _) => text.to_string(),
+            (_, Some(text)) => text.clone(),
+            _ => "a panic without a message".to_string(),
+        };
+        let mut slot = slot.lock();
+        match slot.listener.take() {
+            Some(listener) => {
+                drop(slot);
+                listener(message);
+            }
+            None => slot.message = Some(message),
+        }
+    }
+}
+
 /// The running ingest thread; dropping it does not stop it, [`IngestHandle::stop`] does.
 pub struct IngestHandle {
     wake: Sender<Wake>,
     thread: Option<JoinHandle<()>>,
+    panic: Arc<Mutex<PanicSlot>>,
 }
 
 impl IngestHandle {
+    /// Calls `listener` with the panic message if the ingest thread panics (at once if
+    /// it already has). The files stop growing then, so the listener should end the mount.
+    pub fn on_panic(&self, listener: impl FnOnce(String) + Send + 'static) {
+        let mut slot = self.panic.lock();
+        match slot.message.take() {
+            Some(message) => {
+                drop(slot);
+                listener(message);
+            }
+            None => slot.listener = Some(Box::new(listener)),
+        }
+    }
+
     /// Stops the thread and waits for it; every epoch is checkpointed and closed first.
     pub fn stop(mut self) {
         let _ = self.wake.send(Wake::Stop);
@@ -89,7 +137,8 @@ fn dir_identity(path: &Path) -> std::io::Result<FileIdentity> {
 
 /// Starts watching `home/sandboxes`, keeping what is rendered in `store` and reporting
 /// epochs to `catalog`. The first full scan and ingest of every sandbox completes
-/// before this returns.
+/// before this returns. A panic of the thread is caught and reported to the listener
+/// of [`IngestHandle::on_panic`].
 pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHandle> {
     // Canonical, so that no component of a path below it may be a symlink.
     let sandboxes = home.join("sandboxes");
@@ -116,8 +165,22 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
             ingest.store.remove_saved(&saved);
         }
     }
-    let thread = std::thread::Builder::new().name("msbfs-ingest".into()).spawn(move || ingest.run(rx))?;
-    Ok(IngestHandle { wake: tx, thread: Some(thread) })
+    let panic_for_test = std::env::var_os(TEST_PANIC_ENV).is_some();
+    let panic = Arc::new(Mutex::new(PanicSlot::default()));
+    let slot = panic.clone();
+    let thread = std::thread::Builder::new().name("msbfs-ingest".into()).spawn(move || {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            if panic_for_test {
+                let _ = rx.recv();
+                panic!("{TEST_PANIC_ENV} is set: the ingest thread panics at its first wake-up");
+            }
+            ingest.run(rx)
+        }));
+        if let Err(payload) = ran {
+            PanicSlot::report(&slot, payload);
+        }
+    })?;
+    Ok(IngestHandle { wake: tx, thread: Some(thread), panic })
 }
 
 /// One sandbox being ingested.

@@ -6,6 +6,10 @@
 //! - [`ChildGuard`]: any spawned tool, SIGKILLed and reaped on drop.
 //! - Simulator helpers (binary and library), parsing of rendered lines, marker checks,
 //!   poll-with-deadline helpers.
+//! - [`require_mount!`]: the first line of every test that mounts. Without root or
+//!   `/dev/fuse` the test returns at once, passing, after a line starting with
+//!   [`SKIP_MARKER`] on the real stderr (not captured by the test harness, so it shows
+//!   in every run); `scripts/test.sh` fails a run that printed one.
 
 #![allow(dead_code)]
 
@@ -22,6 +26,45 @@ use base64::Engine as _;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_msbfs");
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Skipping where nothing can be mounted
+
+/// How the line of a skipped mount test starts (`scripts/test.sh` greps for it).
+pub const SKIP_MARKER: &str = "msbfs-test SKIPPED";
+
+/// Why nothing can be mounted here, if so: msbfs mounts with mount(2), which needs
+/// root, and serves through `/dev/fuse`.
+pub fn mount_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (msbfs mounts with mount(2))".into());
+    }
+    match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot open /dev/fuse: {e}")),
+    }
+}
+
+/// True when the calling test must be skipped; it then wrote why to stderr, with one
+/// write to the process's stderr itself, which the test harness does not capture (it
+/// captures only `print!` and `eprint!`).
+pub fn skip_without_mount() -> bool {
+    let Some(reason) = mount_unavailable() else { return false };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = std::io::stderr().write_all(format!("{SKIP_MARKER}: {test}: {reason}\n").as_bytes());
+    true
+}
+
+/// Returns from the calling test when nothing can be mounted here
+/// ([`skip_without_mount`]).
+macro_rules! require_mount {
+    () => {
+        if $crate::common::skip_without_mount() {
+            return;
+        }
+    };
+}
 
 // ---------------------------------------------------------------------------
 // Polling
@@ -260,6 +303,16 @@ impl Env {
         Mounted::start_with(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), args)
     }
 
+    /// Mounts logging with the `MSBFS_LOG` filter `log`.
+    pub fn mount_logging(&self, log: &str) -> Mounted {
+        Mounted::spawn(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], Some(log), &[])
+    }
+
+    /// Mounts with `envs` added to the daemon's environment.
+    pub fn mount_env(&self, envs: &[(&str, &str)]) -> Mounted {
+        Mounted::spawn(&self.home, &self.mnt, &self.root().join("msbfs-mount.stderr"), &[], None, envs)
+    }
+
     /// The state directory the mounts of this environment share (under the root).
     pub fn state(&self) -> PathBuf {
         self.root().join("state")
@@ -284,23 +337,32 @@ impl Mounted {
     }
 
     /// Like [`Mounted::start`] with extra arguments.
+    /// The daemon logs with its default filter, or `$MSBFS_IT_LOG` when set.
     pub fn start_with(home: &Path, mnt: &Path, stderr_path: &Path, args: &[&str]) -> Mounted {
+        Mounted::spawn(home, mnt, stderr_path, args, std::env::var("MSBFS_IT_LOG").ok().as_deref(), &[])
+    }
+
+    /// Like [`Mounted::start_with`], logging with the `MSBFS_LOG` filter `log` (`None`:
+    /// the daemon's default), with `envs` added to its environment.
+    pub fn spawn(
+        home: &Path,
+        mnt: &Path,
+        stderr_path: &Path,
+        args: &[&str],
+        log: Option<&str>,
+        envs: &[(&str, &str)],
+    ) -> Mounted {
         let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
         let state = home.parent().expect("home has a parent").join("state");
-        let child = Command::new(BIN)
-            .arg("mount")
-            .arg(mnt)
-            .arg("--home")
-            .arg(home)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .env("MSBFS_LOG", std::env::var("MSBFS_IT_LOG").unwrap_or_else(|_| "info,fuser=warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn msbfs mount");
+        let mut command = Command::new(BIN);
+        command.arg("mount").arg(mnt).arg("--home").arg(home).arg("--state-dir").arg(&state).args(args);
+        match log {
+            Some(log) => command.env("MSBFS_LOG", log),
+            None => command.env_remove("MSBFS_LOG"),
+        };
+        command.envs(envs.iter().copied());
+        let child =
+            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn msbfs mount");
         let mut m = Mounted {
             child: Some(child),
             mnt: mnt.to_path_buf(),
