@@ -9,6 +9,7 @@
 //! that appear or disappear are reported to a [`Catalog`]; ingest knows nothing of
 //! files handles or FUSE.
 
+pub mod access;
 pub mod sandbox;
 pub mod watch;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::codec::{push_varint, push_zigzag, Decoder};
+use crate::source::dir::Access;
 use crate::source::generation::{FileId, FileIdentity};
 use crate::store::{SavedEpoch, Store};
 use crate::timeline::Timeline;
@@ -34,6 +36,8 @@ pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Live sandboxes polled with a full scan per fallback tick: each is checked at least
 /// every `n / SWEEP_PER_TICK` ticks, and 2,000 idle sandboxes cost little.
 pub const SWEEP_PER_TICK: usize = 64;
+/// Shortest time between two warnings about the same thing.
+pub const WARN_REPEATS_EVERY: Duration = Duration::from_secs(600);
 /// Longest sandbox name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -154,10 +158,12 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
         watcher: Some(watcher),
         live: BTreeMap::new(),
         saved,
-        warned: BTreeSet::new(),
+        warned: HashMap::new(),
         waiting: BTreeSet::new(),
         sweep_after: String::new(),
+        context: Vec::new(),
     };
+    ingest.refresh_context();
     if ingest.rescan() {
         // Saved state of sandboxes that no longer exist is removed.
         for (name, saved) in std::mem::take(&mut ingest.saved) {
@@ -197,11 +203,13 @@ struct Ingest {
     watcher: Option<Watcher>,
     live: BTreeMap<String, Live>,
     saved: HashMap<String, SavedEpoch>,
-    warned: BTreeSet<String>,
+    warned: HashMap<String, (Instant, u64)>,
     /// Sandbox directories without a `logs/` yet (watched for it).
     waiting: BTreeSet<String>,
     /// The sweep continues after this sandbox.
     sweep_after: String,
+    /// Owner and mode of the directories from `/` to `sandboxes/`.
+    context: Vec<Access>,
 }
 
 /// What a sandbox directory looks like.
@@ -278,6 +286,7 @@ impl Ingest {
                 self.probe(name);
             }
             if rescan || last_tick.elapsed() >= FALLBACK_POLL {
+                self.refresh_context();
                 self.rescan();
                 self.sweep();
                 last_tick = Instant::now();
@@ -303,9 +312,22 @@ impl Ingest {
         self.store.sync_all();
     }
 
+    /// Warns about `key` once, then at most every [`WARN_REPEATS_EVERY`] with the
+    /// count of repeats since (a bad name seen by every poll does not flood the log).
     fn warn_once(&mut self, key: String, message: impl FnOnce() -> String) {
-        if self.warned.insert(key) {
-            tracing::warn!("{}", message());
+        match self.warned.get_mut(&key) {
+            None => {
+                tracing::warn!("{}", message());
+                self.warned.insert(key, (Instant::now(), 0));
+            }
+            Some((since, repeats)) => {
+                *repeats += 1;
+                if since.elapsed() >= WARN_REPEATS_EVERY {
+                    tracing::warn!("{} (again {} times since the last warning)", message(), repeats);
+                    *since = Instant::now();
+                    *repeats = 0;
+                }
+            }
         }
     }
 
@@ -358,6 +380,23 @@ impl Ingest {
         true
     }
 
+    /// Reads the owner and mode of every directory from `/` to `sandboxes/` again, and
+    /// hands them to every sandbox when they changed.
+    fn refresh_context(&mut self) {
+        let context: Vec<Access> = self
+            .sandboxes
+            .ancestors()
+            .filter_map(|d| std::fs::symlink_metadata(d).ok())
+            .map(|m| Access::of(&m))
+            .collect();
+        if context != self.context {
+            self.context = context;
+            for live in self.live.values_mut() {
+                live.ingest.set_context(&self.context);
+            }
+        }
+    }
+
     /// Looks at sandbox `name` again: starts it, ends it (only when its directory is
     /// confirmed gone, or replaced), or leaves it as it is when it cannot tell.
     fn probe(&mut self, name: &str) {
@@ -379,6 +418,8 @@ impl Ingest {
         };
         if replaced {
             self.end(name);
+        } else if let Some(live) = self.live.get_mut(name) {
+            live.ingest.note_attrs_changed();
         }
         self.waiting.remove(name);
         match found {
@@ -388,9 +429,7 @@ impl Ingest {
                 self.watcher().watch_sandbox(name, &dir);
                 self.waiting.insert(name.to_string());
             }
-            Probe::Skipped(why) => {
-                self.warn_once(format!("skip {name} {why}"), || format!("{}: {why}; skipped", dir.display()))
-            }
+            Probe::Skipped(why) => self.warn_once(format!("skip {name} {why}"), || format!("{dir:?}: {why}; skipped")),
             _ => {}
         }
     }
@@ -468,6 +507,7 @@ impl Ingest {
         self.watcher().watch_logs(name, logs, ingest.trackers());
         self.watcher().watch_sandbox(name, &dir);
         let mut live = Live { ingest, dir, identity };
+        live.ingest.set_context(&self.context);
         live.ingest.poll(true);
         self.catalog.sandbox_added(name, live.ingest.timeline().clone());
         self.live.insert(name.to_string(), live);

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::access;
+use crate::source::dir::Access;
 use crate::source::feed::{SourceMark, Step};
 use crate::source::generation::{GenRecord, Pos};
 use crate::source::record::{fragments_lost_notice, missed_notice, Tag};
@@ -68,6 +70,10 @@ pub struct SandboxIngest {
     held_since: HashMap<(Tag, u64), Instant>,
     prelude: Option<Prelude>,
     warned_read: PerSource<bool>,
+    /// Owner and mode of the directories from `/` to `sandboxes/`.
+    context: Vec<Access>,
+    /// The owner and mode of `merged.log` must be computed again.
+    access_stale: bool,
 }
 
 const NO_META: FileMeta = FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 };
@@ -103,6 +109,8 @@ impl SandboxIngest {
             held_since: HashMap::new(),
             prelude: Some(prelude),
             warned_read: PerSource::default(),
+            context: Vec::new(),
+            access_stale: true,
         };
         ingest.timeline.set_meta(ingest.file_meta());
         ingest
@@ -325,7 +333,12 @@ impl SandboxIngest {
         }
         self.flush_due(&mut batch, Instant::now());
         self.commit(batch);
-        self.timeline.set_meta(self.file_meta());
+        for kind in SourceKind::ALL {
+            self.access_stale |= self.sources[kind].tracker().lock().take_accesses_changed();
+        }
+        if std::mem::take(&mut self.access_stale) || scan {
+            self.timeline.set_meta(self.file_meta());
+        }
         let budget = crate::limits::cached_budget().sources;
         for kind in SourceKind::ALL {
             self.sources[kind].close_if_idle(budget);
@@ -370,32 +383,46 @@ impl SandboxIngest {
         self.timeline.close();
     }
 
-    /// Owner of `exec.log`, permissions no more permissive than any source's.
+    /// The owner and mode of `merged.log`, from every file it renders from and every
+    /// directory on the way ([`access::merged_access`]), and the newest modification
+    /// time of the sources seen.
     fn file_meta(&self) -> FileMeta {
-        let metas: Vec<std::fs::Metadata> = SourceKind::ALL
-            .iter()
-            .filter_map(|&k| self.sources[k].chain().last().and_then(|g| g.file()).and_then(|f| f.metadata().ok()))
-            .collect();
-        let dir = std::fs::metadata(&self.logs).ok();
-        let owner = metas.first().or(dir.as_ref());
-        let (uid, gid) = owner.map_or((0, 0), |m| (m.uid(), m.gid()));
-        let mut mode = 0o444u32;
-        for m in &metas {
-            let readable = m.mode();
-            let owner_bit = if m.uid() == uid {
-                readable & 0o400
-            } else if m.gid() == gid {
-                (readable & 0o040) << 3
-            } else {
-                (readable & 0o004) << 6
-            };
-            let group_bit = if m.gid() == gid { readable & 0o040 } else { (readable & 0o004) << 3 };
-            mode &= owner_bit | group_bit | (readable & 0o004);
+        let mut inputs = self.context.clone();
+        let sandbox_dir = self.logs.parent().map(std::fs::symlink_metadata);
+        let logs = crate::source::dir::LogsDir::open(&self.logs).and_then(|d| d.access());
+        match (sandbox_dir, logs) {
+            (Some(Ok(sandbox)), Ok(logs)) => {
+                inputs.push(Access::of(&sandbox));
+                inputs.push(logs);
+            }
+            // Cannot tell who may read: only root.
+            _ => return FileMeta { mode: 0, ..self.timeline.meta() },
         }
-        if metas.is_empty() {
-            mode = 0o400;
+        let mut mtime_ms = self.timeline.meta().mtime_ms;
+        for kind in SourceKind::ALL {
+            inputs.extend_from_slice(self.sources[kind].tracker().lock().accesses());
+            let held = self.sources[kind].chain().all().into_iter().filter_map(|g| g.file());
+            for meta in held.filter_map(|f| f.metadata().ok()) {
+                inputs.push(Access::of(&meta));
+                mtime_ms = mtime_ms.max(meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000);
+            }
         }
-        let mtime_ms = metas.iter().map(|m| m.mtime() * 1000 + m.mtime_nsec() / 1_000_000).max().unwrap_or(0);
-        FileMeta { uid, gid, mode: mode as u16, mtime_ms }
+        let (uid, gid, mode) = access::merged_access(&inputs);
+        FileMeta { uid, gid, mode, mtime_ms }
+    }
+
+    /// Sets the owner and mode of the directories above the sandbox directory (from `/`
+    /// to `sandboxes/`), which `merged.log` must respect too.
+    pub fn set_context(&mut self, context: &[Access]) {
+        if self.context != context {
+            self.context = context.to_vec();
+            self.access_stale = true;
+        }
+    }
+
+    /// The sandbox's directory entry or its `logs/` changed: its owner and mode are
+    /// looked at again with the next poll.
+    pub fn note_attrs_changed(&mut self) {
+        self.access_stale = true;
     }
 }

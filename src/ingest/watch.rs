@@ -204,6 +204,10 @@ fn run(mut inotify: Inotify, registry: &Mutex<Registry>, stop: &AtomicBool, wake
                     }
                     Some(Target::Logs { name, trackers }) => {
                         changed.insert(name.clone());
+                        if event.name.is_none() {
+                            // The logs directory itself (its owner or mode).
+                            listed.insert(name.clone());
+                        }
                         let Some((kind, index)) = event.name.and_then(chain_file) else { continue };
                         // A change of owner or mode is taken in by a snapshot too.
                         let moved = EventMask::CREATE

@@ -83,6 +83,8 @@ pub struct ChainTracker {
     warned: HashSet<(u32, FileId)>,
     /// Owner and mode of every file in the chain at the last consistent snapshot.
     accesses: Vec<Access>,
+    /// `accesses` changed since [`ChainTracker::take_accesses_changed`] last said so.
+    accesses_changed: bool,
     /// Why the logs directory could not be opened, once warned about.
     dir_warned: Option<io::ErrorKind>,
 }
@@ -103,6 +105,7 @@ impl ChainTracker {
             watch_since_ns: coarse_now_ns(),
             warned: HashSet::new(),
             accesses: Vec::new(),
+            accesses_changed: true,
             dir_warned: None,
         }
     }
@@ -111,6 +114,11 @@ impl ChainTracker {
     /// `merged.log` renders from, for its permissions).
     pub fn accesses(&self) -> &[Access] {
         &self.accesses
+    }
+
+    /// True once after the accesses changed (or the directory could not be opened).
+    pub fn take_accesses_changed(&mut self) -> bool {
+        std::mem::take(&mut self.accesses_changed)
     }
 
     /// The file name of chain index `index`.
@@ -253,13 +261,18 @@ impl ChainTracker {
     pub fn snapshot(&mut self) -> bool {
         let Some(dir) = self.open_dir() else {
             self.accesses.clear();
+            self.accesses_changed = true;
             return false;
         };
         for _ in 0..SCAN_ATTEMPTS {
             let before = self.stat_chain(&dir);
             match self.classify(&dir, &before) {
                 Some(opened) if self.stat_chain(&dir) == before => {
-                    self.accesses = before.iter().map(|f| f.access).collect();
+                    let accesses: Vec<Access> = before.iter().map(|f| f.access).collect();
+                    if accesses != self.accesses {
+                        self.accesses = accesses;
+                        self.accesses_changed = true;
+                    }
                     self.record(&before, opened);
                     return true;
                 }

@@ -352,15 +352,40 @@ impl Mounted {
         log: Option<&str>,
         envs: &[(&str, &str)],
     ) -> Mounted {
-        let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
+        Mounted::launch(Mounted::command(&[], home, mnt, args, log, envs), mnt, stderr_path)
+    }
+
+    /// The `msbfs mount` command [`Mounted::spawn`] runs, behind the command line
+    /// `wrapper` (`prlimit …`, `setpriv …`) when it is not empty.
+    pub fn command(
+        wrapper: &[&str],
+        home: &Path,
+        mnt: &Path,
+        args: &[&str],
+        log: Option<&str>,
+        envs: &[(&str, &str)],
+    ) -> Command {
         let state = home.parent().expect("home has a parent").join("state");
-        let mut command = Command::new(BIN);
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         command.arg("mount").arg(mnt).arg("--home").arg(home).arg("--state-dir").arg(&state).args(args);
         match log {
             Some(log) => command.env("MSBFS_LOG", log),
             None => command.env_remove("MSBFS_LOG"),
         };
         command.envs(envs.iter().copied());
+        command
+    }
+
+    /// Runs `command` (an `msbfs mount` of `mnt`) and waits until it serves.
+    pub fn launch(mut command: Command, mnt: &Path, stderr_path: &Path) -> Mounted {
+        let stderr = File::options().create(true).append(true).open(stderr_path).expect("stderr file");
         let child =
             command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn msbfs mount");
         let mut m = Mounted {
