@@ -423,11 +423,12 @@ mod tests {
     fn corrupt_exec_lines_become_notices_with_previous_time() {
         let mut st = SourceState::INITIAL;
         parse(SourceKind::Exec, br#"{"t":"2026-04-30T20:32:59.688Z","s":"stdout","d":"x","id":1}"#, &mut st);
-        let bad: [&[u8]; 7] = [
+        let bad: [&[u8]; 8] = [
             b"{not json",
             br#"{"s":"stdout","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","d":"x"}"#,
             br#"{"t":"yesterday","s":"stdout","d":"x"}"#,
+            br#"{"t":"2026-04-30T20:32:59.688+99:99","s":"stdout","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","s":"telepathy","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","s":"stdout","d":"!!","e":"b64"}"#,
             b"\xff\xfe garbage",
@@ -468,6 +469,9 @@ mod tests {
         let cont = parse(SourceKind::Runtime, b"   0: std::backtrace", &mut st);
         assert_eq!(cont.ts, rec.ts);
         assert_eq!(cont.text, b"   0: std::backtrace");
+        // An offset beyond 23:59 is no timestamp: the line keeps it and the previous time.
+        let odd = parse(SourceKind::Runtime, b"2026-04-30T20:33:00.000+99:99 INFO x", &mut st);
+        assert_eq!((odd.ts, odd.text.as_slice()), (rec.ts, &b"2026-04-30T20:33:00.000+99:99 INFO x"[..]));
     }
 
     #[test]
