@@ -879,3 +879,22 @@ fn other_sources_pass_through_and_a_checkpoint_forces_a_flush() {
         sb.verify_segments(7);
     }
 }
+
+#[test]
+fn blank_runtime_and_kernel_lines_are_rendered_as_lines() {
+    // One rendered line per source line: a blank line is a line with empty text (the
+    // space after the tag stays), with the time rules of any line without a stamp.
+    let mut sb = Sb::new();
+    sb.append("kernel.log", b"[    0.000000] Linux version 6.1.0\n\n\r\n[    0.004000] Command line\n\n");
+    let ts = fmt_ts(T0 + 10);
+    sb.append("runtime.log", format!("{ts}  INFO booting\n\n{ts}\n\x1b[0m\n").as_bytes());
+    sb.poll();
+    assert_eq!(
+        line_texts(&sb, "kernel"),
+        ["[    0.000000] Linux version 6.1.0", "", "", "[    0.004000] Command line", ""]
+    );
+    assert_eq!(line_texts(&sb, "runtime"), ["INFO booting", "", "", ""]);
+    assert!(sb.lines_of("runtime").iter().all(|l| l.ts == ts), "blank lines take the previous line's time");
+    assert!(contains(&sb.live, format!("{ts} runtime \n").as_bytes()));
+    sb.verify_segments(8);
+}

@@ -22,9 +22,20 @@ pub const MAX_LINE_TEXT: usize = 64 << 10;
 /// Most exec streams holding a fragment at once; beyond it the oldest is flushed.
 pub const MAX_HELD_STREAMS: usize = 1024;
 
-/// Appends one rendered line per line of `record.text` (split at `\n`; a final `\n`
-/// does not start another line; empty text renders nothing). No fragment is held.
+/// True for the tags whose records are one source line each (a runtime or kernel line,
+/// a notice), as opposed to exec chunks, which hold any number of lines.
+fn is_one_line(tag: Tag) -> bool {
+    matches!(tag, Tag::Runtime | Tag::Kernel | Tag::Notice)
+}
+
+/// Appends the rendered lines of `record`. A runtime or kernel line or a notice is one
+/// rendered line, also when its text is empty (a blank source line is a line). Exec
+/// text is split at `\n`: a final `\n` does not start another line, and empty text
+/// renders nothing. No fragment is held.
 pub fn render_record(record: &Record, out: &mut Vec<u8>) {
+    if is_one_line(record.tag) {
+        return render_line(record.ts, record.tag, &record.text, out);
+    }
     let mut text = record.text.as_slice();
     while !text.is_empty() {
         let (line, rest) = match memchr::memchr(b'\n', text) {
@@ -87,10 +98,12 @@ impl Assembler {
             // The common case: whole lines, nothing to continue.
             || record.text.ends_with(b"\n") && (self.held.is_empty() || !self.held.contains_key(&record.tag));
         if whole {
-            if !record.text.is_empty() {
+            let before = out.len();
+            render_record(record, out);
+            if out.len() > before {
                 self.note(record.ts);
             }
-            return render_record(record, out);
+            return;
         }
         let tag = record.tag;
         let mut text = record.text.as_slice();
@@ -198,6 +211,20 @@ mod tests {
             "2026-04-30T20:32:59.688Z kernel [    0.000000] Linux\n"
         );
         assert_eq!(render(Tag::Notice, b"gap"), "2026-04-30T20:32:59.688Z msbfs gap\n");
+    }
+
+    #[test]
+    fn blank_runtime_and_kernel_lines_are_lines() {
+        assert_eq!(render(Tag::Runtime, b""), "2026-04-30T20:32:59.688Z runtime \n");
+        assert_eq!(render(Tag::Kernel, b""), "2026-04-30T20:32:59.688Z kernel \n");
+        // Through the assembler too, with the time span noted.
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&Record { ts: ts(), tag: Tag::Kernel, text: Vec::new() }, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "2026-04-30T20:32:59.688Z kernel \n");
+        assert_eq!(asm.take_span(), Some((ts(), ts())));
+        // An empty exec chunk holds no line.
+        assert_eq!(render(Tag::Stdout(Some(1)), b""), "");
     }
 
     #[test]
