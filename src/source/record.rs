@@ -216,9 +216,16 @@ struct ExecEntry<'a> {
     id: Option<u64>,
 }
 
-fn quote(raw: &[u8]) -> String {
+/// The raw line of `kind` quoted in a notice: its first [`NOTICE_QUOTE_MAX`] bytes as
+/// lossy UTF-8, with ANSI escapes stripped for runtime and kernel lines like their
+/// text. (The renderer's display step escapes what control characters remain, as in
+/// any line.)
+fn quote(kind: SourceKind, raw: &[u8]) -> String {
     let cut = &raw[..raw.len().min(NOTICE_QUOTE_MAX)];
-    String::from_utf8_lossy(cut).into_owned()
+    match kind {
+        SourceKind::Exec => String::from_utf8_lossy(cut).into_owned(),
+        SourceKind::Runtime | SourceKind::Kernel => String::from_utf8_lossy(&strip_ansi(cut)).into_owned(),
+    }
 }
 
 /// Parses one line of `kind`, updating `state` (the previous timestamp).
@@ -229,7 +236,7 @@ pub fn parse_line(kind: SourceKind, line: RawLine<'_>, state: &mut SourceState) 
             format!(
                 "skipped a {} line of {len} bytes (longer than the 16 MiB limit): {}",
                 kind.file_name(),
-                quote(head)
+                quote(kind, head)
             ),
         ),
         RawLine::Complete(bytes) => match kind {
@@ -245,9 +252,10 @@ pub fn parse_line(kind: SourceKind, line: RawLine<'_>, state: &mut SourceState) 
 fn parse_exec(bytes: &[u8], state: &SourceState) -> Record {
     match decode_exec(bytes) {
         Ok(record) => record,
-        Err(reason) => {
-            Record::notice(state.fallback_ts(), format!("corrupt exec.log line ({reason}): {}", quote(bytes)))
-        }
+        Err(reason) => Record::notice(
+            state.fallback_ts(),
+            format!("corrupt exec.log line ({reason}): {}", quote(SourceKind::Exec, bytes)),
+        ),
     }
 }
 
@@ -452,6 +460,20 @@ mod tests {
         let rec = parse_line(SourceKind::Runtime, RawLine::TooLong { len: 20_000_000, head: &line }, &mut st);
         assert_eq!(rec.tag, Tag::Notice);
         assert!(String::from_utf8(rec.text).unwrap().contains("20000000 bytes"));
+    }
+
+    #[test]
+    fn quotes_of_runtime_and_kernel_lines_are_stripped_like_their_text() {
+        let mut st = SourceState::INITIAL;
+        let head = b"2026-04-30T20:32:59.690Z \x1b[32m INFO\x1b[0m \x1b]0;t\x07x";
+        for kind in [SourceKind::Runtime, SourceKind::Kernel] {
+            let rec = parse_line(kind, RawLine::TooLong { len: 20_000_000, head }, &mut st);
+            let text = String::from_utf8(rec.text).unwrap();
+            assert!(text.ends_with(": 2026-04-30T20:32:59.690Z  INFO x"), "{text:?}");
+        }
+        // An exec line's quote keeps what it holds; the renderer shows it like exec text.
+        let rec = parse(SourceKind::Exec, b"{\x1b[31mnot json\x1b]0;t\x07", &mut st);
+        assert!(rec.text.ends_with(b": {\x1b[31mnot json\x1b]0;t\x07"), "{:?}", String::from_utf8_lossy(&rec.text));
     }
 
     #[test]
