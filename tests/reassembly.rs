@@ -315,7 +315,9 @@ fn case() -> impl Strategy<Value = Case> {
     (prop::collection::vec(stream, 1..=12), any::<u64>()).prop_map(|(streams, seed)| Case { streams, seed })
 }
 
-/// The rendered text of a line: without its `\n` and without one trailing `\r`.
+/// The rendered text of a line: without its `\n` and without one trailing `\r`, and
+/// with the control characters the lines hold shown escaped (`\r` as `\x0d`, DEL as
+/// `\x7f`; tab stays).
 fn rendered_text(l: &Line) -> Vec<u8> {
     let mut t = l.text.as_bytes().to_vec();
     if l.crlf {
@@ -324,7 +326,15 @@ fn rendered_text(l: &Line) -> Vec<u8> {
     if t.last() == Some(&b'\r') {
         t.pop();
     }
-    t
+    let mut shown = Vec::with_capacity(t.len());
+    for b in t {
+        match b {
+            b'\r' => shown.extend_from_slice(b"\\x0d"),
+            0x7f => shown.extend_from_slice(b"\\x7f"),
+            b => shown.push(b),
+        }
+    }
+    shown
 }
 
 /// Writes the case and checks it; returns the number of closed segments.
