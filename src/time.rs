@@ -71,7 +71,8 @@ fn digits(bytes: &[u8]) -> Option<i64> {
 }
 
 /// Parses an RFC 3339 timestamp at the start of `text` (`2026-04-30T20:32:59.690Z`,
-/// any number of fraction digits, `Z` or `±hh:mm`, `T` or space as separator).
+/// any number of fraction digits, `Z` or `±hh:mm` with `hh` at most 23 and `mm` at most
+/// 59, `T` or space as separator); anything else is not a timestamp.
 /// Returns the time truncated to milliseconds and the number of bytes it occupied.
 pub fn parse_rfc3339_prefix(text: &[u8]) -> Option<(i64, usize)> {
     if text.len() < 20 {
@@ -123,7 +124,11 @@ pub fn parse_rfc3339_prefix(text: &[u8]) -> Option<(i64, usize)> {
             if tz[2] != b':' {
                 return None;
             }
-            let minutes = digits(&tz[0..2])? * 60 + digits(&tz[3..5])?;
+            let (hours, minutes) = (digits(&tz[0..2])?, digits(&tz[3..5])?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let minutes = hours * 60 + minutes;
             at += 6;
             if *sign == b'+' {
                 minutes
@@ -177,6 +182,21 @@ mod tests {
             "2026-04-30T20:32:59",
             "2026-04-30T20:32:59.Z",
             "x026-04-30T20:32:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn offsets_are_at_most_23_59() {
+        assert_eq!(parse_rfc3339("2026-04-30T20:32:59+23:59"), parse_rfc3339("2026-04-29T20:33:59Z"));
+        assert_eq!(parse_rfc3339("2026-04-30T20:32:59-23:59"), parse_rfc3339("2026-05-01T20:31:59Z"));
+        for text in [
+            "2026-04-30T20:32:59+99:99",
+            "2026-04-30T20:32:59+24:00",
+            "2026-04-30T20:32:59-24:00",
+            "2026-04-30T20:32:59+05:60",
+            "2026-04-30T20:32:59.5-00:99",
         ] {
             assert_eq!(parse_rfc3339(text), None, "{text}");
         }

@@ -986,3 +986,104 @@ fn model_restart_regressions() {
     ];
     run_model(&script, true);
 }
+
+// ---------------------------------------------------------------------------
+// Runtime lines whose start is gone
+
+/// Renames the runtime.log chain one step (`runtime.log.3` onto `.4`, …, the live file
+/// to `.1`; the old `.4` is gone) and creates a new `runtime.log` holding `text`.
+fn rotate_runtime(h: &mut Harness, dir: &std::path::Path, text: &str) {
+    for n in (1..4).rev() {
+        let from = dir.join(format!("runtime.log.{n}"));
+        if from.exists() {
+            fs::rename(from, dir.join(format!("runtime.log.{}", n + 1))).unwrap();
+        }
+    }
+    fs::rename(dir.join("runtime.log"), dir.join("runtime.log.1")).unwrap();
+    fs::write(dir.join("runtime.log"), text).unwrap();
+    h.created(SourceKind::Runtime);
+}
+
+fn birth_of(path: PathBuf) -> i64 {
+    let file = File::open(path).unwrap();
+    birth_time_ms(&file, &FileIdentity::of_file(&file).unwrap())
+}
+
+/// `(time, tag text)` of the runtime lines and notices rendered.
+fn runtime_lines(content: &[u8]) -> Vec<(i64, String)> {
+    let rendered = parse_rendered(content);
+    let runtime = rendered.iter().filter(|r| r.tag == "runtime" || r.tag == "msbfs");
+    runtime.map(|r| (r.ts, format!("{} {}", r.tag, String::from_utf8_lossy(&r.text)))).collect()
+}
+
+#[test]
+fn the_oldest_runtime_generation_at_first_sight_can_begin_mid_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("logs");
+    fs::create_dir(&dir).unwrap();
+    let t = |ms| format_timestamp(T0 + ms);
+    let oldest = format!("ntime::vm: the tail\n{}  INFO a\n    at frame 0\n{}  INFO split hea", t(1), t(2));
+    fs::write(dir.join("runtime.log.1"), oldest).unwrap();
+    fs::write(dir.join("runtime.log"), format!("d tail\n{}  INFO b\n", t(3))).unwrap();
+    let birth = birth_of(dir.join("runtime.log.1"));
+    // A checkpoint after every line: each one is rendered again from its own.
+    let mut h = Harness::new(&dir, 1);
+    h.poll();
+    let content = read_new(&h.timeline(), 0);
+    assert_eq!(
+        runtime_lines(&content),
+        [
+            (birth, "runtime [start of line lost] ntime::vm: the tail".to_string()),
+            (T0 + 1, "runtime INFO a".into()),
+            (T0 + 1, "runtime     at frame 0".into()),
+            (T0 + 2, "runtime INFO split head tail".into()),
+            (T0 + 3, "runtime INFO b".into()),
+        ]
+    );
+    let segments = h.timeline().store().retained_segments().len();
+    assert!(segments >= 4, "{segments} segments");
+    assert_eq!(h.verify_replay(), segments, "every segment renders again to the same bytes");
+}
+
+#[test]
+fn a_runtime_generation_after_one_rotated_away_unseen_can_begin_mid_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("logs");
+    fs::create_dir(&dir).unwrap();
+    let t = |ms| format_timestamp(T0 + ms);
+    fs::write(dir.join("runtime.log"), format!("{}  INFO a\n", t(0))).unwrap();
+    let mut h = Harness::new(&dir, 1);
+    h.poll();
+    // Six rotations before msbfs looks again: the first new generation is gone unseen,
+    // and the next one begins with the tail of its last line.
+    rotate_runtime(&mut h, &dir, &format!("{}  INFO c1\n{}  INFO p1 hea", t(10), t(11)));
+    for i in 2..=6 {
+        rotate_runtime(
+            &mut h,
+            &dir,
+            &format!("d tail {i}\n{}  INFO c{i}\n{}  INFO p{i} hea", t(10 * i), t(10 * i + 1)),
+        );
+    }
+    let birth = birth_of(dir.join("runtime.log.4"));
+    // The segment after the first line holds the notice and the tail, so rendering it
+    // again from its checkpoint (standing before the loss) must mark the tail as well.
+    h.timeline().set_segment_target(150);
+    h.poll();
+    let content = read_new(&h.timeline(), 0);
+    let mut want = vec![
+        (T0, "runtime INFO a".to_string()),
+        (T0, "msbfs at least 1 generation of runtime.log were rotated away before msbfs could open them".into()),
+        (birth, "runtime [start of line lost] d tail 2".into()),
+    ];
+    for i in 2..=6 {
+        want.push((T0 + 10 * i, format!("runtime INFO c{i}")));
+        if i < 6 {
+            want.push((T0 + 10 * i + 1, format!("runtime INFO p{i} head tail {}", i + 1)));
+        }
+    }
+    assert_eq!(runtime_lines(&content), want);
+    // Every segment but the first (its generation is gone) renders again the same.
+    let segments = h.timeline().store().retained_segments().len();
+    assert!(segments >= 3, "{segments} segments");
+    assert_eq!(h.verify_replay(), segments - 1);
+}

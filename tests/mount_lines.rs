@@ -1,7 +1,8 @@
-//! Whole-line reassembly against a real mount: a prompt without newline reaches a
-//! parked follower as its own line within a second, and block-buffered producers
-//! (chunks cut at 4 KiB or random boundaries) followed by GNU `tail -f` show every
-//! logical line exactly once, whole.
+//! Lines against a real mount: a prompt without newline reaches a parked follower as
+//! its own line within a second; block-buffered producers (chunks cut at 4 KiB or random
+//! boundaries) followed by GNU `tail -f` show every logical line exactly once, whole;
+//! and what a terminal would execute (escape sequences other than SGR colours, control
+//! characters) reads as visible text, with blank source lines kept.
 
 #[macro_use]
 mod common;
@@ -317,4 +318,73 @@ fn random_chunk_producer_followed_by_gnu_tail_shows_whole_lines() {
 fn slow_fixed4k_producer_followed_by_gnu_tail_shows_whole_lines() {
     require_mount!();
     block_buffered_producer_with_gnu_tail("fixed4k", 5_000, 3_000.0, 34, 300);
+}
+
+// ---------------------------------------------------------------------------
+// Control characters and blank lines
+
+/// What a program wrote to take over a terminal reads as visible text in merged.log,
+/// through `cat -v` too: only SGR colours stay escape sequences. Blank runtime and
+/// kernel lines are lines.
+#[test]
+fn terminal_escapes_read_as_visible_text_and_blank_lines_stay() {
+    let env = Env::new();
+    let logs = env.logs_dir("esc");
+    // A title, a clear screen, colours, an OSC 52 clipboard write, a carriage return
+    // hiding text; then (base64) raw and UTF-8 C1 CSI, a private mode, DEL, NUL.
+    append_exec(&logs, "stdout", 1, "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m \x1b]52;c;aGk=\x07 50%\r100%\n");
+    let raw = b"\x9b2J \xc2\x9b2J \x1b[?1049h\x7f\x00 end\n";
+    let entry = serde_json::json!({"t": "2026-04-30T21:00:00.000Z", "s": "stdout", "id": 1, "e": "b64",
+        "d": base64::engine::general_purpose::STANDARD.encode(raw)});
+    let mut exec = fs::OpenOptions::new().append(true).open(logs.join("exec.log")).unwrap();
+    use std::io::Write;
+    writeln!(exec, "{entry}").unwrap();
+    exec.write_all(b"{\x1b]0;corrupt\x07 not json\n").unwrap();
+    fs::write(
+        logs.join("runtime.log"),
+        b"2026-04-30T21:00:01.000Z \x1b[33m WARN\x1b[0m x: \x1b]0;rt\x07bell\x07 cr\rhidden\n\n2026-04-30T21:00:02.000Z\n",
+    )
+    .unwrap();
+    fs::write(logs.join("kernel.log"), b"[    0.000000] Linux\n\n\x1b[1mbold\x1b[0m \x1b[2J\n[    0.100000] end\n")
+        .unwrap();
+    let _m = env.mount();
+    let merged = env.merged("esc");
+    wait_until(Duration::from_secs(10), "10 lines in merged.log", || {
+        fs::read(&merged).is_ok_and(|b| b.iter().filter(|&&c| c == b'\n').count() == 10)
+    });
+    let bytes = read_all(&merged);
+    let texts = |tag: &[u8]| -> Vec<String> {
+        parse_lines(&bytes)
+            .iter()
+            .filter(|l| l.tag == tag)
+            .map(|l| String::from_utf8_lossy(l.text).into_owned())
+            .collect()
+    };
+    assert_eq!(
+        texts(b"stdout[1]"),
+        [
+            "\\x1b]0;pwned\\x07\\x1b[2J\x1b[31mred\x1b[0m \\x1b]52;c;aGk=\\x07 50%\\x0d100%",
+            "\\x9b2J \\u009b2J \\x1b[?1049h\\x7f\\x00 end",
+        ]
+    );
+    assert_eq!(texts(b"msbfs").len(), 1);
+    assert!(texts(b"msbfs")[0].ends_with(": {\\x1b]0;corrupt\\x07 not json"), "{:?}", texts(b"msbfs"));
+    assert_eq!(texts(b"runtime"), ["WARN x: bell\\x07 cr\\x0dhidden", "", ""]);
+    assert!(contains(&bytes, b"2026-04-30T21:00:02.000Z runtime \n"), "a runtime line of only a timestamp");
+    assert_eq!(texts(b"kernel"), ["[    0.000000] Linux", "", "bold ", "[    0.100000] end"]);
+    // Byte by byte: no control character but the line ends, every ESC an SGR colour.
+    for (i, &b) in bytes.iter().enumerate() {
+        assert!(b == b'\n' || (0x20..0x7f).contains(&b) || b == 0x1b, "byte {b:#04x} at {i}");
+        if b == 0x1b {
+            let sgr = [&b"\x1b[31m"[..], b"\x1b[0m"].iter().any(|s| bytes[i..].starts_with(s));
+            assert!(sgr, "an ESC that is not SGR at {i}: {:?}", String::from_utf8_lossy(&bytes[i..i + 10]));
+        }
+    }
+    // And as `cat -v` shows it: carets only for the colours' ESC, no M- (bytes >= 0x80).
+    let out = Command::new("cat").arg("-v").arg(&merged).output().expect("cat -v");
+    assert!(out.status.success());
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.contains("^[[31mred^[[0m"), "{shown}");
+    let rest = shown.replace("^[[31m", "").replace("^[[0m", "");
+    assert!(!rest.contains('^') && !rest.contains("M-"), "cat -v shows a control character:\n{shown}");
 }

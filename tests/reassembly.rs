@@ -315,7 +315,9 @@ fn case() -> impl Strategy<Value = Case> {
     (prop::collection::vec(stream, 1..=12), any::<u64>()).prop_map(|(streams, seed)| Case { streams, seed })
 }
 
-/// The rendered text of a line: without its `\n` and without one trailing `\r`.
+/// The rendered text of a line: without its `\n` and without one trailing `\r`, and
+/// with the control characters the lines hold shown escaped (`\r` as `\x0d`, DEL as
+/// `\x7f`; tab stays).
 fn rendered_text(l: &Line) -> Vec<u8> {
     let mut t = l.text.as_bytes().to_vec();
     if l.crlf {
@@ -324,7 +326,15 @@ fn rendered_text(l: &Line) -> Vec<u8> {
     if t.last() == Some(&b'\r') {
         t.pop();
     }
-    t
+    let mut shown = Vec::with_capacity(t.len());
+    for b in t {
+        match b {
+            b'\r' => shown.extend_from_slice(b"\\x0d"),
+            0x7f => shown.extend_from_slice(b"\\x7f"),
+            b => shown.push(b),
+        }
+    }
+    shown
 }
 
 /// Writes the case and checks it; returns the number of closed segments.
@@ -878,4 +888,23 @@ fn other_sources_pass_through_and_a_checkpoint_forces_a_flush() {
         assert_eq!((l.len(), l[1].text.as_slice(), l[1].ts.clone()), (2, &b"next"[..], fmt_ts(t_end)));
         sb.verify_segments(7);
     }
+}
+
+#[test]
+fn blank_runtime_and_kernel_lines_are_rendered_as_lines() {
+    // One rendered line per source line: a blank line is a line with empty text (the
+    // space after the tag stays), with the time rules of any line without a stamp.
+    let mut sb = Sb::new();
+    sb.append("kernel.log", b"[    0.000000] Linux version 6.1.0\n\n\r\n[    0.004000] Command line\n\n");
+    let ts = fmt_ts(T0 + 10);
+    sb.append("runtime.log", format!("{ts}  INFO booting\n\n{ts}\n\x1b[0m\n").as_bytes());
+    sb.poll();
+    assert_eq!(
+        line_texts(&sb, "kernel"),
+        ["[    0.000000] Linux version 6.1.0", "", "", "[    0.004000] Command line", ""]
+    );
+    assert_eq!(line_texts(&sb, "runtime"), ["INFO booting", "", "", ""]);
+    assert!(sb.lines_of("runtime").iter().all(|l| l.ts == ts), "blank lines take the previous line's time");
+    assert!(contains(&sb.live, format!("{ts} runtime \n").as_bytes()));
+    sb.verify_segments(8);
 }

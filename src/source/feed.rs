@@ -7,7 +7,7 @@ use std::io;
 
 use super::generation::{Chain, Pos};
 use super::reader::{LineReader, Next};
-use super::record::{gap_notice, lost_notice, parse_line, Record, SourceState};
+use super::record::{gap_notice, lost_notice, parse_line, Before, Record, SourceState};
 use super::SourceKind;
 
 /// Where one source stands: the start of its next line, its parse state there, and the
@@ -18,7 +18,10 @@ pub struct SourceMark {
     pub pos: Pos,
     /// Parse state before that line.
     pub state: SourceState,
-    /// The generation whose birth `state.birth` is (`None` before the first line).
+    /// The generation whose birth `state.birth` is; `None` while what came just before
+    /// the next line was never read: before the first line, and after bytes or whole
+    /// generations were lost (or rotated away while msbfs was not running), so the next
+    /// line, if it begins a generation, may begin mid-line ([`Before::Unread`]).
     pub based_gen: Option<u32>,
 }
 
@@ -26,6 +29,11 @@ impl SourceMark {
     /// Before anything was read.
     pub const START: SourceMark =
         SourceMark { pos: Pos { gen: 0, off: 0 }, state: SourceState::INITIAL, based_gen: None };
+
+    /// This mark after a loss before the next line: what comes next follows unread bytes.
+    pub fn after_loss(self) -> SourceMark {
+        SourceMark { based_gen: None, ..self }
+    }
 }
 
 /// What the next step of a source is.
@@ -114,6 +122,9 @@ impl SourceFeed {
         let taken = self.taken;
         Ok(match reader.next_line()? {
             Next::Line(raw, start, end) => {
+                // Only a line that begins a generation can follow unread bytes; one that
+                // starts inside a generation (a rotated line joined) follows what was read.
+                let before = if taken.based_gen.is_none() && start.off == 0 { Before::Unread } else { Before::Read };
                 let mut state = taken.state;
                 let mut based_gen = taken.based_gen;
                 if based_gen != Some(start.gen) {
@@ -122,17 +133,17 @@ impl SourceFeed {
                         based_gen = Some(start.gen);
                     }
                 }
-                let record = parse_line(kind, raw, &mut state);
+                let record = parse_line(kind, raw, before, &mut state);
                 Some(Head { step: Step::Record(record), next: SourceMark { pos: end, state, based_gen } })
             }
             Next::Gap { bytes } => {
                 let notice = gap_notice(kind, bytes, &taken.state);
-                let next = SourceMark { pos: reader.pos(), ..taken };
+                let next = SourceMark { pos: reader.pos(), ..taken }.after_loss();
                 Some(Head { step: Step::Gap { bytes, notice }, next })
             }
             Next::Lost { generations } => {
                 let notice = lost_notice(kind, generations, &taken.state);
-                Some(Head { step: Step::Lost { generations, notice }, next: taken })
+                Some(Head { step: Step::Lost { generations, notice }, next: taken.after_loss() })
             }
             Next::Pending => None,
         })
@@ -157,7 +168,16 @@ impl SourceFeed {
         self.head = None;
         let notice = gap_notice(self.kind, bytes, &self.taken.state);
         reader.skip_to_next_generation();
-        self.taken.pos = reader.pos();
+        self.taken = SourceMark { pos: reader.pos(), ..self.taken }.after_loss();
+        notice
+    }
+
+    /// Repeats a loss of whole generations ingest recorded: the notice is rendered from
+    /// the recorded count, and the next line follows unread bytes (replay).
+    pub fn repeat_lost(&mut self, generations: u64) -> Record {
+        self.head = None;
+        let notice = lost_notice(self.kind, generations, &self.taken.state);
+        self.taken = self.taken.after_loss();
         notice
     }
 

@@ -188,6 +188,23 @@ pub fn fragments_lost_notice(state: &SourceState) -> Record {
     )
 }
 
+/// Text put before a runtime line that may be the tail of a line whose start is gone
+/// (see [`Before::Unread`]).
+pub const START_LOST: &str = "[start of line lost] ";
+
+/// Whether msbfs read what came just before a line in its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Before {
+    /// The line follows bytes msbfs read: it begins where a line begins.
+    Read,
+    /// The line begins a generation and what came before it was never read: the source's
+    /// first generation when msbfs first looked (the oldest on disk at first sight), or
+    /// the one after bytes or whole generations that were lost. The producer writes
+    /// `runtime.log` in raw pieces and rotation can cut a line, so such a line may be
+    /// the tail of a line whose start is gone.
+    Unread,
+}
+
 /// What the line reader hands to the parser.
 #[derive(Clone, Copy, Debug)]
 pub enum RawLine<'a> {
@@ -216,25 +233,33 @@ struct ExecEntry<'a> {
     id: Option<u64>,
 }
 
-fn quote(raw: &[u8]) -> String {
+/// The raw line of `kind` quoted in a notice: its first [`NOTICE_QUOTE_MAX`] bytes as
+/// lossy UTF-8, with ANSI escapes stripped for runtime and kernel lines like their
+/// text. (The renderer's display step escapes what control characters remain, as in
+/// any line.)
+fn quote(kind: SourceKind, raw: &[u8]) -> String {
     let cut = &raw[..raw.len().min(NOTICE_QUOTE_MAX)];
-    String::from_utf8_lossy(cut).into_owned()
+    match kind {
+        SourceKind::Exec => String::from_utf8_lossy(cut).into_owned(),
+        SourceKind::Runtime | SourceKind::Kernel => String::from_utf8_lossy(&strip_ansi(cut)).into_owned(),
+    }
 }
 
-/// Parses one line of `kind`, updating `state` (the previous timestamp).
-pub fn parse_line(kind: SourceKind, line: RawLine<'_>, state: &mut SourceState) -> Record {
+/// Parses one line of `kind`, updating `state` (the previous timestamp); `before` says
+/// whether what came before it was read.
+pub fn parse_line(kind: SourceKind, line: RawLine<'_>, before: Before, state: &mut SourceState) -> Record {
     let record = match line {
         RawLine::TooLong { len, head } => Record::notice(
             state.fallback_ts(),
             format!(
                 "skipped a {} line of {len} bytes (longer than the 16 MiB limit): {}",
                 kind.file_name(),
-                quote(head)
+                quote(kind, head)
             ),
         ),
         RawLine::Complete(bytes) => match kind {
             SourceKind::Exec => parse_exec(bytes, state),
-            SourceKind::Runtime => parse_runtime(bytes, state),
+            SourceKind::Runtime => parse_runtime(bytes, before, state),
             SourceKind::Kernel => parse_kernel(bytes, state),
         },
     };
@@ -245,9 +270,10 @@ pub fn parse_line(kind: SourceKind, line: RawLine<'_>, state: &mut SourceState) 
 fn parse_exec(bytes: &[u8], state: &SourceState) -> Record {
     match decode_exec(bytes) {
         Ok(record) => record,
-        Err(reason) => {
-            Record::notice(state.fallback_ts(), format!("corrupt exec.log line ({reason}): {}", quote(bytes)))
-        }
+        Err(reason) => Record::notice(
+            state.fallback_ts(),
+            format!("corrupt exec.log line ({reason}): {}", quote(SourceKind::Exec, bytes)),
+        ),
     }
 }
 
@@ -331,13 +357,23 @@ pub fn strip_ansi(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-fn parse_runtime(bytes: &[u8], state: &SourceState) -> Record {
+/// A runtime line: its leading timestamp moves into the record. A line without one is a
+/// continuation line with the previous line's time, unless what came before it was
+/// never read ([`Before::Unread`]): then it may be the tail of a line whose start is
+/// gone, so it is marked with [`START_LOST`] and takes the birth time of its
+/// generation (recorded, so a replay gives the same time).
+fn parse_runtime(bytes: &[u8], before: Before, state: &SourceState) -> Record {
     let clean = strip_ansi(strip_cr(bytes));
     match parse_rfc3339_prefix(&clean) {
         Some((ts, used)) if clean.get(used).is_none_or(|b| *b == b' ' || *b == b'\t') => {
             let rest = &clean[used..];
             let start = rest.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(rest.len());
             Record { ts, tag: Tag::Runtime, text: rest[start..].to_vec() }
+        }
+        _ if before == Before::Unread => {
+            let mut text = START_LOST.as_bytes().to_vec();
+            text.extend_from_slice(&clean);
+            Record { ts: state.birth, tag: Tag::Runtime, text }
         }
         _ => Record { ts: state.fallback_ts(), tag: Tag::Runtime, text: clean.into_owned() },
     }
@@ -375,7 +411,7 @@ mod tests {
     use crate::time::{format_timestamp, parse_rfc3339};
 
     fn parse(kind: SourceKind, line: &[u8], state: &mut SourceState) -> Record {
-        parse_line(kind, RawLine::Complete(line), state)
+        parse_line(kind, RawLine::Complete(line), Before::Read, state)
     }
 
     fn ts(text: &str) -> i64 {
@@ -423,11 +459,12 @@ mod tests {
     fn corrupt_exec_lines_become_notices_with_previous_time() {
         let mut st = SourceState::INITIAL;
         parse(SourceKind::Exec, br#"{"t":"2026-04-30T20:32:59.688Z","s":"stdout","d":"x","id":1}"#, &mut st);
-        let bad: [&[u8]; 7] = [
+        let bad: [&[u8]; 8] = [
             b"{not json",
             br#"{"s":"stdout","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","d":"x"}"#,
             br#"{"t":"yesterday","s":"stdout","d":"x"}"#,
+            br#"{"t":"2026-04-30T20:32:59.688+99:99","s":"stdout","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","s":"telepathy","d":"x"}"#,
             br#"{"t":"2026-04-30T20:32:59.688Z","s":"stdout","d":"!!","e":"b64"}"#,
             b"\xff\xfe garbage",
@@ -448,9 +485,24 @@ mod tests {
         let line = vec![b'x'; 10_000];
         let rec = parse(SourceKind::Exec, &line, &mut st);
         assert!(rec.text.len() < NOTICE_QUOTE_MAX + 100);
-        let rec = parse_line(SourceKind::Runtime, RawLine::TooLong { len: 20_000_000, head: &line }, &mut st);
+        let rec =
+            parse_line(SourceKind::Runtime, RawLine::TooLong { len: 20_000_000, head: &line }, Before::Read, &mut st);
         assert_eq!(rec.tag, Tag::Notice);
         assert!(String::from_utf8(rec.text).unwrap().contains("20000000 bytes"));
+    }
+
+    #[test]
+    fn quotes_of_runtime_and_kernel_lines_are_stripped_like_their_text() {
+        let mut st = SourceState::INITIAL;
+        let head = b"2026-04-30T20:32:59.690Z \x1b[32m INFO\x1b[0m \x1b]0;t\x07x";
+        for kind in [SourceKind::Runtime, SourceKind::Kernel] {
+            let rec = parse_line(kind, RawLine::TooLong { len: 20_000_000, head }, Before::Read, &mut st);
+            let text = String::from_utf8(rec.text).unwrap();
+            assert!(text.ends_with(": 2026-04-30T20:32:59.690Z  INFO x"), "{text:?}");
+        }
+        // An exec line's quote keeps what it holds; the renderer shows it like exec text.
+        let rec = parse(SourceKind::Exec, b"{\x1b[31mnot json\x1b]0;t\x07", &mut st);
+        assert!(rec.text.ends_with(b": {\x1b[31mnot json\x1b]0;t\x07"), "{:?}", String::from_utf8_lossy(&rec.text));
     }
 
     #[test]
@@ -468,6 +520,33 @@ mod tests {
         let cont = parse(SourceKind::Runtime, b"   0: std::backtrace", &mut st);
         assert_eq!(cont.ts, rec.ts);
         assert_eq!(cont.text, b"   0: std::backtrace");
+        // An offset beyond 23:59 is no timestamp: the line keeps it and the previous time.
+        let odd = parse(SourceKind::Runtime, b"2026-04-30T20:33:00.000+99:99 INFO x", &mut st);
+        assert_eq!((odd.ts, odd.text.as_slice()), (rec.ts, &b"2026-04-30T20:33:00.000+99:99 INFO x"[..]));
+    }
+
+    #[test]
+    fn a_runtime_line_after_unread_bytes_without_a_timestamp_is_a_tail() {
+        let birth = ts("2026-04-30T20:30:00.000Z");
+        let mut st = SourceState { last_ts: Some(ts("2026-04-30T20:00:00.000Z")), birth };
+        let unread = |line: &[u8], st: &mut SourceState| {
+            parse_line(SourceKind::Runtime, RawLine::Complete(line), Before::Unread, st)
+        };
+        let tail = unread(b"14Z \x1b[33m WARN\x1b[0m microsandbox_runtime::vm: x\r", &mut st);
+        assert_eq!(tail.ts, birth, "the generation's birth time, not the previous line's");
+        assert_eq!(String::from_utf8(tail.text).unwrap(), "[start of line lost] 14Z  WARN microsandbox_runtime::vm: x");
+        assert_eq!(st.last_ts, Some(birth), "the lines after it inherit that time");
+        let empty = unread(b"", &mut st);
+        assert_eq!((empty.ts, empty.text.as_slice()), (birth, START_LOST.as_bytes()));
+        // A whole line is a whole line whatever came before it.
+        let whole = unread(b"2026-04-30T20:32:59.690Z  INFO a", &mut st);
+        assert_eq!(
+            (format_timestamp(whole.ts).as_str(), whole.text.as_slice()),
+            ("2026-04-30T20:32:59.690Z", &b"INFO a"[..])
+        );
+        // Exec and kernel lines are judged on their own.
+        let kernel = parse_line(SourceKind::Kernel, RawLine::Complete(b"console: x"), Before::Unread, &mut st);
+        assert_eq!(kernel.text, b"console: x");
     }
 
     #[test]

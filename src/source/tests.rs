@@ -63,13 +63,18 @@ fn read_reader(r: &mut LineReader) -> Vec<Got> {
     }
 }
 
-/// Every step ingest could take now: a line's text, or a gap or loss notice.
+/// Every step ingest could take now: a line's text, or a gap or loss notice. These
+/// tests are about which lines are read, so the mark of a runtime line that follows
+/// unread bytes (tested with the parser) is left out.
 fn read_source(s: &mut Source) -> Vec<String> {
     let mut out = Vec::new();
     while s.peek().unwrap().is_some() {
         let head = s.take().unwrap();
         out.push(match head.step {
-            Step::Record(r) => String::from_utf8_lossy(&r.text).into_owned(),
+            Step::Record(r) => {
+                let text = r.text.strip_prefix(record::START_LOST.as_bytes()).unwrap_or(&r.text);
+                String::from_utf8_lossy(text).into_owned()
+            }
             Step::Gap { bytes, .. } => format!("<gap {bytes}>"),
             Step::Lost { generations, .. } => format!("<lost {generations}>"),
         });
@@ -388,7 +393,8 @@ fn rotation_reads_the_old_generation_through_its_descriptor_then_releases_it() {
     s.refresh(true);
     assert_eq!(adopted(&s.take_events()), [0, 1, 2, 3, 4]);
     let oldest = s.chain().get(0).unwrap();
-    assert_eq!(s.peek().unwrap().map(|h| h.step.record().text.clone()), Some(b"g4 0".to_vec()));
+    let first = format!("{}g4 0", record::START_LOST).into_bytes();
+    assert_eq!(s.peek().unwrap().map(|h| h.step.record().text.clone()), Some(first), "the oldest at first sight");
     s.take();
     // The producer writes more, then rotates: the old X.4 (which msbfs is reading) is
     // destroyed by the rename of X.3 onto it.

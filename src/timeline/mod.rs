@@ -8,6 +8,7 @@
 //! No FUSE and no wall-clock time here.
 
 pub mod batch;
+pub mod escape;
 pub mod journal;
 pub mod ops;
 pub mod render;

@@ -2,7 +2,10 @@
 //! for re-rendering old ranges alike.
 //!
 //! A rendered line is `<24-byte timestamp> <tag> <text>\n`; text longer than 64 KiB is
-//! cut into 64 KiB pieces, each its own line, and a trailing `\r` is dropped.
+//! cut into 64 KiB pieces, each its own line, and a trailing `\r` is dropped. The text
+//! of every rendered line is shown through one display step, [`push_escaped`]: control
+//! characters other than tab and SGR colours are written as visible text, so a terminal
+//! showing `merged.log` executes nothing a program wrote (an exact view skips the step).
 //! (The store renders the one other kind of text, the notice standing for a range it
 //! no longer has.)
 //!
@@ -14,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use super::escape::push_escaped;
 use crate::source::record::{Record, Tag};
 use crate::time::push_timestamp;
 
@@ -22,9 +26,20 @@ pub const MAX_LINE_TEXT: usize = 64 << 10;
 /// Most exec streams holding a fragment at once; beyond it the oldest is flushed.
 pub const MAX_HELD_STREAMS: usize = 1024;
 
-/// Appends one rendered line per line of `record.text` (split at `\n`; a final `\n`
-/// does not start another line; empty text renders nothing). No fragment is held.
+/// True for the tags whose records are one source line each (a runtime or kernel line,
+/// a notice), as opposed to exec chunks, which hold any number of lines.
+fn is_one_line(tag: Tag) -> bool {
+    matches!(tag, Tag::Runtime | Tag::Kernel | Tag::Notice)
+}
+
+/// Appends the rendered lines of `record`. A runtime or kernel line or a notice is one
+/// rendered line, also when its text is empty (a blank source line is a line). Exec
+/// text is split at `\n`: a final `\n` does not start another line, and empty text
+/// renders nothing. No fragment is held.
 pub fn render_record(record: &Record, out: &mut Vec<u8>) {
+    if is_one_line(record.tag) {
+        return render_line(record.ts, record.tag, &record.text, out);
+    }
     let mut text = record.text.as_slice();
     while !text.is_empty() {
         let (line, rest) = match memchr::memchr(b'\n', text) {
@@ -87,10 +102,12 @@ impl Assembler {
             // The common case: whole lines, nothing to continue.
             || record.text.ends_with(b"\n") && (self.held.is_empty() || !self.held.contains_key(&record.tag));
         if whole {
-            if !record.text.is_empty() {
+            let before = out.len();
+            render_record(record, out);
+            if out.len() > before {
                 self.note(record.ts);
             }
-            return render_record(record, out);
+            return;
         }
         let tag = record.tag;
         let mut text = record.text.as_slice();
@@ -154,7 +171,9 @@ impl Assembler {
     }
 }
 
-/// Appends `text` (no `\n` inside) as one or more rendered lines.
+/// Appends `text` (no `\n` inside) as one or more rendered lines: pieces of at most
+/// [`MAX_LINE_TEXT`] bytes of `text` (one line when it is empty), each escaped on its own
+/// by [`push_escaped`], so no rendered line leaves a terminal inside an escape sequence.
 pub fn render_line(ts: i64, tag: Tag, text: &[u8], out: &mut Vec<u8>) {
     let mut pieces = text.chunks(MAX_LINE_TEXT);
     let first = pieces.next().unwrap_or(&[]);
@@ -163,7 +182,7 @@ pub fn render_line(ts: i64, tag: Tag, text: &[u8], out: &mut Vec<u8>) {
         out.push(b' ');
         tag.push_to(out);
         out.push(b' ');
-        out.extend_from_slice(piece);
+        push_escaped(piece, out);
         out.push(b'\n');
     }
 }
@@ -201,11 +220,25 @@ mod tests {
     }
 
     #[test]
-    fn splits_chunks_into_lines_and_drops_cr() {
+    fn blank_runtime_and_kernel_lines_are_lines() {
+        assert_eq!(render(Tag::Runtime, b""), "2026-04-30T20:32:59.688Z runtime \n");
+        assert_eq!(render(Tag::Kernel, b""), "2026-04-30T20:32:59.688Z kernel \n");
+        // Through the assembler too, with the time span noted.
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        asm.render(&Record { ts: ts(), tag: Tag::Kernel, text: Vec::new() }, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "2026-04-30T20:32:59.688Z kernel \n");
+        assert_eq!(asm.take_span(), Some((ts(), ts())));
+        // An empty exec chunk holds no line.
+        assert_eq!(render(Tag::Stdout(Some(1)), b""), "");
+    }
+
+    #[test]
+    fn splits_chunks_into_lines_drops_a_final_cr_and_escapes_a_lone_one() {
         assert_eq!(
             render(Tag::Stdout(Some(1)), b"a\r\nb\n\nc\rd\r"),
             "2026-04-30T20:32:59.688Z stdout[1] a\n2026-04-30T20:32:59.688Z stdout[1] b\n\
-             2026-04-30T20:32:59.688Z stdout[1] \n2026-04-30T20:32:59.688Z stdout[1] c\rd\n"
+             2026-04-30T20:32:59.688Z stdout[1] \n2026-04-30T20:32:59.688Z stdout[1] c\\x0dd\n"
         );
         assert_eq!(render(Tag::Stdout(Some(1)), b"no newline"), "2026-04-30T20:32:59.688Z stdout[1] no newline\n");
         assert_eq!(render(Tag::Stdout(Some(1)), b""), "");
@@ -252,12 +285,64 @@ mod tests {
     }
 
     #[test]
-    fn crlf_split_across_chunks_ends_the_line_and_a_lone_cr_stays() {
+    fn crlf_split_across_chunks_ends_the_line_and_a_lone_cr_is_escaped() {
         let mut asm = Assembler::default();
         let mut out = Vec::new();
         asm.render(&chunk(0, Tag::Output(Some(1)), b"a\rb\r"), &mut out);
         asm.render(&chunk(0, Tag::Output(Some(1)), b"\n"), &mut out);
-        assert_eq!(lines(&out), ["1970-01-01T00:00:00.000Z output[1] a\rb"]);
+        assert_eq!(lines(&out), ["1970-01-01T00:00:00.000Z output[1] a\\x0db"]);
+    }
+
+    #[test]
+    fn every_source_and_notice_is_escaped_and_sgr_kept() {
+        let evil = b"\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\x1b]52;c;eA==\x07";
+        let shown = "\\x1b]0;pwned\\x07\\x1b[2J\x1b[31mred\x1b[0m\\x1b]52;c;eA==\\x07";
+        for tag in [Tag::Stdout(Some(1)), Tag::System, Tag::Runtime, Tag::Kernel, Tag::Notice] {
+            let got = render(tag, evil);
+            assert!(got.ends_with(&format!(" {shown}\n")), "{tag:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_split_across_chunks_of_one_line_is_judged_whole() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        // An SGR sequence whose ESC ends one chunk: kept once the line is whole.
+        asm.render(&chunk(0, Tag::Stdout(Some(1)), b"a\x1b"), &mut out);
+        asm.render(&chunk(1, Tag::Stdout(Some(1)), b"[3"), &mut out);
+        asm.render(&chunk(2, Tag::Stdout(Some(1)), b"1mred\x1b[0m\n"), &mut out);
+        // A title sequence split the same way is escaped whole.
+        asm.render(&chunk(3, Tag::Stdout(Some(1)), b"b\x1b"), &mut out);
+        asm.render(&chunk(4, Tag::Stdout(Some(1)), b"]0;t\x07\n"), &mut out);
+        assert_eq!(
+            lines(&out),
+            [
+                "1970-01-01T00:00:00.000Z stdout[1] a\x1b[31mred\x1b[0m",
+                "1970-01-01T00:00:00.003Z stdout[1] b\\x1b]0;t\\x07"
+            ]
+        );
+        // A fragment flushed before the rest arrives is a line of its own: its trailing
+        // ESC is escaped, and the rest is plain text on the next line.
+        out.clear();
+        asm.render(&chunk(5, Tag::Stdout(Some(1)), b"c\x1b"), &mut out);
+        asm.flush(Tag::Stdout(Some(1)), &mut out);
+        asm.render(&chunk(6, Tag::Stdout(Some(1)), b"[2J\n"), &mut out);
+        assert_eq!(
+            lines(&out),
+            ["1970-01-01T00:00:00.005Z stdout[1] c\\x1b", "1970-01-01T00:00:00.006Z stdout[1] [2J"]
+        );
+    }
+
+    #[test]
+    fn a_sequence_cut_by_the_64k_limit_is_escaped_on_both_pieces() {
+        let mut text = vec![b'x'; MAX_LINE_TEXT - 3];
+        text.extend_from_slice(b"\x1b[31mred\n");
+        let out = render(Tag::Stdout(Some(1)), &text);
+        let got = lines(out.as_bytes());
+        assert_eq!(got.len(), 2);
+        assert!(got[0].ends_with("xxx\\x1b[3"), "{:?}", &got[0][got[0].len() - 20..]);
+        assert!(got[1].ends_with("stdout[1] 1mred"), "{:?}", got[1]);
+        assert!(!out.contains('\x1b'));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::render::Assembler;
 use crate::source::feed::{SourceFeed, SourceMark, Step};
 use crate::source::generation::{Chain, GenRecord, Generation};
 use crate::source::reader::LineReader;
-use crate::source::record::{fragments_lost_notice, lost_notice, missed_notice};
+use crate::source::record::{fragments_lost_notice, missed_notice};
 use crate::source::{PerSource, SourceKind};
 use crate::store::{EpochStore, Segment};
 
@@ -221,7 +221,7 @@ impl<'a> Replayer<'a> {
                 self.assembler.render(&notice, &mut self.out);
             }
             Op::Lost { source, generations } => {
-                let notice = lost_notice(source, generations, &self.feeds[source].mark().state);
+                let notice = self.feeds[source].repeat_lost(generations);
                 self.assembler.render(&notice, &mut self.out);
             }
             Op::Missed { source, bytes } => {
