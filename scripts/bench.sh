@@ -12,6 +12,9 @@
 #                of a live ingest per 100 MB; the store's own write path per 100 MB;
 #                peak RSS
 #   follow       producer write -> blocked reader returns, at 4,000 lines/s
+#   2,000        2,000 small sandboxes under `ulimit -n 1024`: mount (first sight and
+#                restart) until every one is listed with its size right; then RSS,
+#                descriptors and CPU over 10 s while nothing changes
 #
 # Usage: scripts/bench.sh [LINES]     (default 330000 lines, about 50 MiB of sources)
 #        MSBFS_BIN=/path/to/msbfs scripts/bench.sh   (benchmark another build)
@@ -125,6 +128,40 @@ STATE_PER_MIB=$(py "print(f'{($STATE_BYTES - $SAVED) * 1048576 / $SAVED:.0f}')")
 WRITE_PATH=$(target/release/examples/render_bench "$HOME_DIR" bench 1 | sed -n 's/^store write path:.*(\([0-9.]*\) s per 100 MB)$/\1/p')
 echo "store: $STATE_PER_MIB bytes of journal and index per MiB of merged.log; write path $WRITE_PATH s CPU per 100 MB; peak RSS $((RSS / 1024)) MiB"
 
+# 2,000 small sandboxes under `ulimit -n 1024`.
+MANY=$WORK/many
+python3 - "$MANY/home" <<'PY'
+import os, sys
+for i in range(2000):
+    d = os.path.join(sys.argv[1], "sandboxes", f"sb{i:04d}", "logs")
+    os.makedirs(d)
+    line = '{"t":"2026-04-30T20:32:59.%03dZ","s":"stdout","d":"hello from %d\\n","id":1}\n' % (i % 1000, i)
+    open(os.path.join(d, "exec.log"), "w").write(line * 40)
+    open(os.path.join(d, "runtime.log"), "w").write("2026-04-30T20:32:59.000000Z  INFO microsandbox: started\n")
+    open(os.path.join(d, "kernel.log"), "w").write("[    0.000000] Linux version 6.1\n")
+PY
+mkdir -p "$MANY/mnt"
+many_mount() { # prints seconds from start until all 2,000 are listed with their sizes right
+  local t0; t0=$(now)
+  prlimit --nofile=1024:1024 -- "$BIN" mount "$MANY/mnt" --home "$MANY/home" --state-dir "$MANY/state" 2>>"$WORK/many.log" &
+  PID=$!
+  until [[ -e $MANY/mnt/sb1999/merged.log ]]; do sleep 0.01; done
+  [[ $(ls "$MANY/mnt" | wc -l) == 2000 ]] || { echo "not all 2,000 listed" >&2; exit 1; }
+  [[ $(stat -c %s "$MANY/mnt/sb1999/merged.log") == $(wc -c <"$MANY/mnt/sb1999/merged.log") ]] || { echo "st_size wrong" >&2; exit 1; }
+  py "print(f'{$(now) - $t0:.2f}')"
+}
+MANY_FIRST=$(many_mount)
+stop_daemon
+MANY_RESTART=$(many_mount)
+sleep 12 # idle files close after 10 s
+cpu0=$(cpu_of "$PID")
+sleep 10
+MANY_CPU=$(py "print(f'{($(cpu_of "$PID") - $cpu0) * 10:.1f}')") # percent of one core
+MANY_RSS=$(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$PID/status")
+MANY_FDS=$(ls "/proc/$PID/fd" | wc -l)
+stop_daemon
+echo "2,000 sandboxes (ulimit -n 1024): mount $MANY_FIRST s, restart $MANY_RESTART s; idle: $MANY_RSS MiB RSS, $MANY_FDS descriptors, $MANY_CPU % of a core"
+
 cat >target/bench/bench.json <<JSON
 {
   "merged_mib": $(py "print(round($SIZE / 1048576, 1))"),
@@ -144,7 +181,12 @@ cat >target/bench/bench.json <<JSON
   "peak_rss_mib": $((RSS / 1024)),
   "follow_p50_ms": $P50,
   "follow_p99_ms": $P99,
-  "follow_max_ms": $PMAX
+  "follow_max_ms": $PMAX,
+  "many_mount_s": $MANY_FIRST,
+  "many_restart_s": $MANY_RESTART,
+  "many_idle_rss_mib": $MANY_RSS,
+  "many_idle_fds": $MANY_FDS,
+  "many_idle_cpu_pct": $MANY_CPU
 }
 JSON
 
@@ -163,4 +205,6 @@ echo "| daemon CPU per 100 MB: first sight / live ingest | $FIRST_CPU_100 s / $L
 echo "| store write path CPU per 100 MB | $WRITE_PATH s | |"
 echo "| peak RSS | $((RSS / 1024)) MiB | <= 64 MiB |"
 echo "| follow latency at 4,000 lines/s: p50 / p99 / max | $P50 / $P99 / $PMAX ms | p50 0.07, p99 0.66 before |"
+echo "| 2,000 sandboxes (ulimit -n 1024): mount / restart | $MANY_FIRST s / $MANY_RESTART s | < 2 s |"
+echo "| 2,000 idle sandboxes: RSS / descriptors / CPU | $MANY_RSS MiB / $MANY_FDS / $MANY_CPU % | < 256 MiB, < 1024, < 2 % |"
 echo "(written to target/bench/bench.json)"

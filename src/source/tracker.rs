@@ -45,6 +45,15 @@ pub fn coarse_now_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// Waits until the coarse clock has moved on, so that a file created before the call
+/// is born strictly before a tracker created after it (for tests of loss counting).
+pub fn wait_past_coarse_tick() {
+    let now = coarse_now_ns();
+    while coarse_now_ns() <= now {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The file name of chain index `index` of `kind` (`exec.log`, `exec.log.1` …).
 pub fn chain_name(kind: SourceKind, index: u32) -> String {
     let name = kind.file_name();
