@@ -8,6 +8,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -264,5 +265,24 @@ fn many_readers_of_huge_lines_cannot_push_memory_past_the_bound() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let peak = peak_rss_kib(m.pid());
     assert!(peak < 256 << 10, "peak RSS {peak} KiB");
+    m.stop();
+}
+
+#[test]
+fn a_sandbox_name_cannot_forge_or_flood_the_daemon_log() {
+    require_mount!();
+    let env = Env::new();
+    let forged = "evil\n1999-01-01T00:00:00.000000Z  WARN msbfs: FORGED\x1b]0;title\x07";
+    sandbox(&env, forged, "x");
+    // A name msbfs skips (not UTF-8), seen by every fallback poll.
+    let bad = std::ffi::OsStr::from_bytes(b"bad\xff\n FORGED-TOO");
+    fs::create_dir_all(env.home.join("sandboxes").join(bad).join("logs")).unwrap();
+    let m = env.mount();
+    wait_until(Duration::from_secs(5), "the sandbox listed", || env.merged(forged).exists());
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = m.stderr();
+    assert!(!log.lines().any(|l| l.starts_with("1999-01-01") || l.trim_start().starts_with("FORGED")), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "raw control characters in the log: {log:?}");
+    assert_eq!(log.matches("FORGED-TOO").count(), 1, "the skipped name is warned about once: {log}");
     m.stop();
 }

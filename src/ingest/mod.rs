@@ -14,7 +14,7 @@ pub mod sandbox;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -35,7 +35,10 @@ use watch::{Wake, Watcher};
 pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Live sandboxes polled with a full scan per fallback tick: each is checked at least
 /// every `n / SWEEP_PER_TICK` ticks, and 2,000 idle sandboxes cost little.
-pub const SWEEP_PER_TICK: usize = 64;
+pub const SWEEP_PER_TICK: usize = 32;
+/// How long after its last change a directory's mtime is trusted to say "unchanged"
+/// (a change in the same clock tick as a listing leaves the mtime as it was).
+const LISTING_SETTLES: Duration = Duration::from_secs(1);
 /// Shortest time between two warnings about the same thing.
 pub const WARN_REPEATS_EVERY: Duration = Duration::from_secs(600);
 /// Longest sandbox name accepted, in bytes.
@@ -162,6 +165,7 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
         waiting: BTreeSet::new(),
         sweep_after: String::new(),
         context: Vec::new(),
+        listed: None,
     };
     ingest.refresh_context();
     if ingest.rescan() {
@@ -210,6 +214,8 @@ struct Ingest {
     sweep_after: String,
     /// Owner and mode of the directories from `/` to `sandboxes/`.
     context: Vec<Access>,
+    /// `sandboxes/`'s (inode, mtime) at the last complete listing, and when that was.
+    listed: Option<((u64, i64, i64), std::time::SystemTime)>,
 }
 
 /// What a sandbox directory looks like.
@@ -336,6 +342,17 @@ impl Ingest {
     /// probed (inotify names the ones that change, and [`Ingest::sweep`] checks them
     /// all in turn). Returns false when the listing failed: nothing changes then.
     fn rescan(&mut self) -> bool {
+        // Unchanged since a listing that came well after its last change: nothing to do
+        // (the entries of a directory cannot change without its mtime changing).
+        let stamp = std::fs::symlink_metadata(&self.sandboxes).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec()));
+        if let (Some(now), Some((then, listed_at))) = (stamp, self.listed) {
+            let settled =
+                std::time::SystemTime::UNIX_EPOCH + Duration::new(now.1.max(0) as u64, now.2 as u32) + LISTING_SETTLES;
+            if now == then && std::time::SystemTime::now() > settled && listed_at > settled {
+                return true;
+            }
+        }
+        let listed_at = std::time::SystemTime::now();
         let entries = match std::fs::read_dir(&self.sandboxes) {
             Ok(entries) => entries,
             Err(e) => {
@@ -368,15 +385,22 @@ impl Ingest {
                 }),
             }
         }
-        let missing: Vec<String> = self.live.keys().filter(|n| !names.contains(*n)).cloned().collect();
-        for name in missing {
-            self.probe(&name);
-        }
-        for name in names {
-            if !self.live.contains_key(&name) && !self.waiting.contains(&name) {
-                self.probe(&name);
+        // Both sorted: one merge finds the live ones missing and the names not live.
+        let (mut missing, mut fresh) = (Vec::new(), Vec::new());
+        let mut live = self.live.keys().peekable();
+        for name in &names {
+            while let Some(gone) = live.next_if(|l| *l < name) {
+                missing.push(gone.clone());
+            }
+            if live.next_if(|l| *l == name).is_none() && !self.waiting.contains(name) {
+                fresh.push(name.clone());
             }
         }
+        missing.extend(live.cloned());
+        for name in missing.iter().chain(&fresh) {
+            self.probe(name);
+        }
+        self.listed = stamp.map(|s| (s, listed_at));
         true
     }
 
