@@ -215,7 +215,7 @@ struct Ingest {
     /// Owner and mode of the directories from `/` to `sandboxes/`.
     context: Vec<Access>,
     /// `sandboxes/`'s (inode, mtime) at the last complete listing, and when that was.
-    listed: Option<((u64, i64, i64), std::time::SystemTime)>,
+    listed: Option<((u64, std::time::SystemTime), std::time::SystemTime)>,
 }
 
 /// What a sandbox directory looks like.
@@ -344,47 +344,39 @@ impl Ingest {
     fn rescan(&mut self) -> bool {
         // Unchanged since a listing that came well after its last change: nothing to do
         // (the entries of a directory cannot change without its mtime changing).
-        let stamp = std::fs::symlink_metadata(&self.sandboxes).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec()));
+        let stamp = std::fs::symlink_metadata(&self.sandboxes).ok().and_then(|m| Some((m.ino(), m.modified().ok()?)));
         if let (Some(now), Some((then, listed_at))) = (stamp, self.listed) {
-            let settled =
-                std::time::SystemTime::UNIX_EPOCH + Duration::new(now.1.max(0) as u64, now.2 as u32) + LISTING_SETTLES;
-            if now == then && std::time::SystemTime::now() > settled && listed_at > settled {
+            if now == then && listed_at > now.1 + LISTING_SETTLES {
                 return true;
             }
         }
         let listed_at = std::time::SystemTime::now();
-        let entries = match std::fs::read_dir(&self.sandboxes) {
-            Ok(entries) => entries,
-            Err(e) => {
-                let dir = self.sandboxes.clone();
-                self.warn_once(format!("list {}", e.kind()), || {
-                    format!("cannot list {}: {e}; what is known is kept, and listing is retried", dir.display())
-                });
-                return false;
-            }
-        };
         let mut names = BTreeSet::new();
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    let dir = self.sandboxes.clone();
-                    self.warn_once(format!("list {}", e.kind()), || {
-                        format!("listing {} failed part way: {e}; what is known is kept", dir.display())
-                    });
-                    return false;
-                }
-            };
-            let os_name = entry.file_name();
-            match os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) {
-                Some(name) => {
-                    names.insert(name.to_string());
-                }
-                None => self.warn_once(format!("name {os_name:?}"), || {
-                    format!("sandbox name {os_name:?} is not UTF-8 or longer than 128 bytes; skipped")
-                }),
+        let listing = std::fs::read_dir(&self.sandboxes).and_then(|entries| {
+            for entry in entries {
+                names.insert(entry?.file_name());
             }
+            Ok(())
+        });
+        if let Err(e) = listing {
+            let dir = self.sandboxes.clone();
+            self.warn_once(format!("list {}", e.kind()), || {
+                format!("cannot list {}: {e}; what is known is kept, and listing is retried", dir.display())
+            });
+            return false;
         }
+        let names: BTreeSet<String> = names
+            .into_iter()
+            .filter_map(|os_name| match os_name.to_str().filter(|n| n.len() <= MAX_NAME_LEN) {
+                Some(name) => Some(name.to_string()),
+                None => {
+                    self.warn_once(format!("name {os_name:?}"), || {
+                        format!("sandbox name {os_name:?} is not UTF-8 or longer than 128 bytes; skipped")
+                    });
+                    None
+                }
+            })
+            .collect();
         // Both sorted: one merge finds the live ones missing and the names not live.
         let (mut missing, mut fresh) = (Vec::new(), Vec::new());
         let mut live = self.live.keys().peekable();

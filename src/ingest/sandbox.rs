@@ -8,7 +8,6 @@
 //! the producer rotated away while msbfs was not running.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -404,7 +403,7 @@ impl SandboxIngest {
             let held = self.sources[kind].chain().all().into_iter().filter_map(|g| g.file());
             for meta in held.filter_map(|f| f.metadata().ok()) {
                 inputs.push(Access::of(&meta));
-                mtime_ms = mtime_ms.max(meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000);
+                mtime_ms = mtime_ms.max(crate::source::generation::mtime_ms(&meta));
             }
         }
         let (uid, gid, mode) = access::merged_access(&inputs);

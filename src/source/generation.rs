@@ -465,7 +465,12 @@ pub fn birth_time_ms(file: &File, identity: &FileIdentity) -> i64 {
     if let Some(ns) = identity.btime_ns {
         return ns.div_euclid(1_000_000);
     }
-    file.metadata().map_or(0, |m| m.mtime() * 1000 + m.mtime_nsec() / 1_000_000)
+    file.metadata().map_or(0, |m| mtime_ms(&m))
+}
+
+/// A file's modification time in Unix milliseconds.
+pub fn mtime_ms(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000
 }
 
 #[cfg(test)]

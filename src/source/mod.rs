@@ -257,10 +257,12 @@ impl Source {
     pub fn close_if_idle(&mut self, budget: usize) {
         let Some(live) = self.chain.last().filter(|g| g.sealed_len().is_none()) else { return };
         let Some(file) = live.file() else { return };
-        let caught_up = self.reader.read_to() == Pos { gen: live.seq(), off: live.seen_len() }
-            && file.metadata().is_ok_and(|m| m.len() == live.seen_len());
+        // The cheap tests first: an active source costs no `fstat` here.
         let idle = self.grew_at.elapsed() >= IDLE_CLOSE || generation::held_descriptors() > budget;
-        if caught_up && idle {
+        if !idle || self.reader.read_to() != (Pos { gen: live.seq(), off: live.seen_len() }) {
+            return;
+        }
+        if file.metadata().is_ok_and(|m| m.len() == live.seen_len()) {
             live.close_idle();
         }
     }
@@ -282,7 +284,7 @@ impl Source {
             live.seal(live.seen_len(), false);
             live.release();
             self.events.push(ChainEvent::Updated(live.record()));
-            let truncated_ms = meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000;
+            let truncated_ms = generation::mtime_ms(&meta);
             let identity = FileIdentity::of_file(&file).unwrap_or(live.identity);
             let gen = Arc::new(Generation::new(identity, truncated_ms, Some(file.clone())));
             gen.observe(&file, meta.len());
