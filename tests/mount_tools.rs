@@ -165,6 +165,21 @@ impl Tmux {
     fn alive(&self) -> bool {
         sh(self.cmd().args(["has-session", "-t", "t"])).status.success()
     }
+    /// Polls the screen until `shown` holds; on a timeout the panic shows the screen.
+    fn wait_for_screen(&self, deadline: Duration, what: &str, shown: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if shown(&screen) {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for: {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Tmux {
@@ -191,16 +206,15 @@ fn less_follow_mode_under_tmux() {
         .args(["new-session", "-d", "-s", "t", "-x", "200", "-y", "50"])
         .arg(format!("env -u LESS LESSHISTFILE=- less +F {}", merged.display())));
     assert!(st.status.success(), "tmux: {}", String::from_utf8_lossy(&st.stderr));
-    wait_until(Duration::from_secs(10), "less shows Waiting for data", || tmux.capture().contains("Waiting for data"));
+    tmux.wait_for_screen(Duration::from_secs(10), "less shows Waiting for data", |s| s.contains("Waiting for data"));
 
     let marker = "UNIQUE-LESS-MARKER-7f3a9";
     append_exec(&logs, "stdout", 99, &format!("{marker}\n"));
-    wait_until(Duration::from_secs(10), "less shows the appended line", || tmux.capture().contains(marker));
+    tmux.wait_for_screen(Duration::from_secs(10), "less shows the appended line", |s| s.contains(marker));
 
     sh(tmux.cmd().args(["send-keys", "-t", "t", "C-c"]));
-    wait_until(Duration::from_secs(5), "less stops following after Ctrl-C", || {
-        let screen = tmux.capture();
-        !screen.contains("Waiting for data") && screen.contains(marker)
+    tmux.wait_for_screen(Duration::from_secs(5), "less stops following after Ctrl-C", |s| {
+        !s.contains("Waiting for data") && s.contains(marker)
     });
     assert!(tmux.alive(), "less survives Ctrl-C");
     let cmdname = String::from_utf8_lossy(

@@ -164,11 +164,12 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
         warned: HashMap::new(),
         waiting: BTreeSet::new(),
         sweep_after: String::new(),
+        sweep_waiting_after: String::new(),
         context: Vec::new(),
         listed: None,
     };
     ingest.refresh_context();
-    if ingest.rescan() {
+    if ingest.rescan(true) {
         // Saved state of sandboxes that no longer exist is removed.
         for (name, saved) in std::mem::take(&mut ingest.saved) {
             tracing::info!(sandbox = ?name, "removing the saved state of a sandbox that no longer exists");
@@ -193,6 +194,14 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
     Ok(IngestHandle { wake: tx, thread: Some(thread), panic })
 }
 
+/// The next [`SWEEP_PER_TICK`] of the sorted `names` after `after`, wrapping around
+/// to the start: every name comes in turn, each at most once per call.
+fn in_turn<'a>(names: impl Iterator<Item = &'a String> + Clone, after: &str) -> Vec<String> {
+    let later = names.clone().skip_while(|n| n.as_str() <= after);
+    let earlier = names.take_while(|n| n.as_str() <= after);
+    later.chain(earlier).take(SWEEP_PER_TICK).cloned().collect()
+}
+
 /// One sandbox being ingested.
 struct Live {
     ingest: SandboxIngest,
@@ -210,8 +219,10 @@ struct Ingest {
     warned: HashMap<String, (Instant, u64)>,
     /// Sandbox directories without a `logs/` yet (watched for it).
     waiting: BTreeSet<String>,
-    /// The sweep continues after this sandbox.
+    /// The sweep of live sandboxes continues after this one.
     sweep_after: String,
+    /// The sweep of waiting sandboxes continues after this one.
+    sweep_waiting_after: String,
     /// Owner and mode of the directories from `/` to `sandboxes/`.
     context: Vec<Access>,
     /// `sandboxes/`'s (inode, mtime) at the last complete listing, and when that was.
@@ -293,7 +304,7 @@ impl Ingest {
             }
             if rescan || last_tick.elapsed() >= FALLBACK_POLL {
                 self.refresh_context();
-                self.rescan();
+                self.rescan(rescan);
                 self.sweep();
                 last_tick = Instant::now();
             }
@@ -340,12 +351,14 @@ impl Ingest {
     /// Lists `sandboxes/`: starts the sandboxes not seen before, and ends the ones
     /// missing whose directory is confirmed gone. Live sandboxes still listed are not
     /// probed (inotify names the ones that change, and [`Ingest::sweep`] checks them
-    /// all in turn). Returns false when the listing failed: nothing changes then.
-    fn rescan(&mut self) -> bool {
+    /// all in turn). `force` (events were lost) lists even an unchanged directory and
+    /// looks at every waiting sandbox again. Returns false when the listing failed:
+    /// nothing changes then.
+    fn rescan(&mut self, force: bool) -> bool {
         // Unchanged since a listing that came well after its last change: nothing to do
         // (the entries of a directory cannot change without its mtime changing).
         let stamp = std::fs::symlink_metadata(&self.sandboxes).ok().and_then(|m| Some((m.ino(), m.modified().ok()?)));
-        if let (Some(now), Some((then, listed_at))) = (stamp, self.listed) {
+        if let (Some(now), Some((then, listed_at)), false) = (stamp, self.listed, force) {
             if now == then && listed_at > now.1 + LISTING_SETTLES {
                 return true;
             }
@@ -384,7 +397,7 @@ impl Ingest {
             while let Some(gone) = live.next_if(|l| *l < name) {
                 missing.push(gone.clone());
             }
-            if live.next_if(|l| *l == name).is_none() && !self.waiting.contains(name) {
+            if live.next_if(|l| *l == name).is_none() && (force || !self.waiting.contains(name)) {
                 fresh.push(name.clone());
             }
         }
@@ -441,9 +454,14 @@ impl Ingest {
         match found {
             Probe::Ready(identity) if !self.live.contains_key(name) => self.start(name, &dir.join("logs"), identity),
             Probe::Waiting(_) if !self.live.contains_key(name) => {
-                // Seen again when `logs/` appears.
+                // Seen again when `logs/` appears; looked at once more after the watch
+                // is in place, for a `logs/` made in between.
                 self.watcher().watch_sandbox(name, &dir);
                 self.waiting.insert(name.to_string());
+                if let Ok(Probe::Ready(identity)) = probe_sandbox(&dir) {
+                    self.waiting.remove(name);
+                    self.start(name, &dir.join("logs"), identity);
+                }
             }
             Probe::Skipped(why) => self.warn_once(format!("skip {name} {why}"), || format!("{dir:?}: {why}; skipped")),
             _ => {}
@@ -451,22 +469,20 @@ impl Ingest {
     }
 
     /// Polls the next [`SWEEP_PER_TICK`] live sandboxes in turn with a full scan of
-    /// their chains, checking that each is still there: the fallback for anything
-    /// inotify did not report.
+    /// their chains, checking that each is still there, and looks at the next
+    /// [`SWEEP_PER_TICK`] waiting ones: the fallback for anything inotify did not
+    /// report (a watch that could not be added, a lost event).
     fn sweep(&mut self) {
-        let names: Vec<String> = self
-            .live
-            .range::<String, _>((std::ops::Bound::Excluded(&self.sweep_after), std::ops::Bound::Unbounded))
-            .chain(self.live.iter())
-            .map(|(n, _)| n.clone())
-            .take(SWEEP_PER_TICK.min(self.live.len()))
-            .collect();
-        for name in names {
+        for name in in_turn(self.live.keys(), &self.sweep_after) {
             self.probe(&name);
             if let Some(live) = self.live.get_mut(&name) {
                 live.ingest.poll(true);
             }
             self.sweep_after = name;
+        }
+        for name in in_turn(self.waiting.iter(), &self.sweep_waiting_after) {
+            self.probe(&name);
+            self.sweep_waiting_after = name;
         }
     }
 

@@ -124,3 +124,43 @@ fn the_state_of_sandboxes_that_no_longer_exist_is_removed() {
     assert_eq!(names, ["a"]);
     handle.stop();
 }
+
+#[test]
+fn a_waiting_sandbox_whose_logs_appear_unseen_by_inotify_is_found_by_the_sweep() {
+    // A tmpfs mounted over the waiting sandbox's directory: its logs/ is made where the
+    // watch does not look, as when a watch could not be added or an event was lost.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("msbfs-test SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("sandboxes").join("late");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&dir).status().unwrap();
+    assert!(mounted.success(), "mount tmpfs on {dir:?}");
+    let _unmount = Unmount(&dir);
+    std::fs::create_dir(dir.join("logs")).unwrap();
+    wait_for(&recorder, "+late");
+    handle.stop();
+}
+
+#[test]
+fn in_turn_gives_every_name_once_before_any_twice() {
+    let names: Vec<String> = (0..SWEEP_PER_TICK + 8).map(|i| format!("n{i:03}")).collect();
+    let first = in_turn(names.iter(), "");
+    assert_eq!(first, names[..SWEEP_PER_TICK]);
+    let second = in_turn(names.iter(), first.last().unwrap());
+    assert_eq!(second[..8], names[SWEEP_PER_TICK..]);
+    assert_eq!(second[8..], names[..SWEEP_PER_TICK - 8]);
+    let few: Vec<String> = vec!["a".into(), "b".into()];
+    assert_eq!(in_turn(few.iter(), "a"), ["b", "a"]);
+    assert!(in_turn(std::iter::empty(), "x").is_empty());
+}
