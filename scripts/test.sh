@@ -8,25 +8,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-for tool in busybox tmux less getfattr setfattr md5sum python3 rg; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+# The tools the tests drive, as "command:Debian package".
+tools=(
+    busybox:busybox tmux:tmux less:less getfattr:attr setfattr:attr md5sum:coreutils
+    python3:python3 rg:ripgrep fusermount3:fuse3 bwrap:bubblewrap lnav:lnav
+    multitail:multitail syslog-ng:syslog-ng-core useradd:passwd setpriv:util-linux
+)
+pkgs=()
+for entry in "${tools[@]}"; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || pkgs+=("${entry#*:}")
 done
-if ((${#missing[@]})); then
-    echo "test.sh: installing missing tools: ${missing[*]}"
-    pkgs=()
-    for tool in "${missing[@]}"; do
-        case "$tool" in
-            getfattr | setfattr) pkgs+=(attr) ;;
-            md5sum) pkgs+=(coreutils) ;;
-            python3) pkgs+=(python3) ;;
-            rg) pkgs+=(ripgrep) ;;
-            *) pkgs+=("$tool") ;;
-        esac
-    done
+if ((${#pkgs[@]})); then
+    echo "test.sh: installing missing tools: ${pkgs[*]}"
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}"
 fi
+# An ordinary user for the tests of unprivileged mounts and foreign readers.
+id -u msbfs-test >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin msbfs-test
 if [[ ! -c /dev/fuse ]]; then
     echo "test.sh: /dev/fuse is missing; the mount tests cannot run" >&2
     exit 1
