@@ -30,6 +30,9 @@ if [[ ! -c /dev/fuse ]]; then
     echo "test.sh: /dev/fuse is missing; the mount tests cannot run" >&2
     exit 1
 fi
+# Ordinary users mount through fusermount3, which opens /dev/fuse as the user: 0666,
+# as udev sets it on a stock Debian or Ubuntu (containers often leave it 0600).
+chmod 0666 /dev/fuse
 
 profile=(--release)
 [[ "${MSBFS_TEST_PROFILE:-release}" == debug ]] && profile=()

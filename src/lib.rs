@@ -11,12 +11,14 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod demo;
 pub mod fs;
 pub mod fuse;
 pub mod ingest;
 pub mod limits;
 pub mod logging;
 pub mod mount;
+pub mod mounter;
 pub mod simulate;
 pub mod source;
 pub mod store;

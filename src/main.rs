@@ -1,17 +1,25 @@
-//! The `msbfs` command line: `mount`, `simulate`, `demo`.
+//! The `msbfs` command line: `mount`, `unmount`, `demo`, `cursor`, `simulate`,
+//! `completions`, `man`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use msbfs::mount::{self, MountError, MountOptions};
 use msbfs::simulate::{self, Chunking, SimConfig};
 
 #[derive(Parser)]
-#[command(name = "msbfs", version, about = "Mount microsandbox logs as followable merged.log files")]
+#[command(
+    name = "msbfs",
+    version,
+    about = "Mount microsandbox logs as followable merged.log files",
+    long_about = "msbfs is a read-only FUSE filesystem that shows every microsandbox sandbox as a directory \
+                  whose merged.log is one rotation-transparent, ever-growing file of all its logs merged: \
+                  tail -f, less +F, grep and log shippers just work."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,17 +36,35 @@ enum ChunkingArg {
 }
 
 #[derive(Subcommand)]
+enum CursorCommand {
+    /// Print the positions a cursor holds: give the cursor, or a file to read its
+    /// user.cursor attribute from.
+    Decode {
+        /// A cursor (base64), or the path of a merged.log.
+        cursor: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Mount the sandboxes of a microsandbox home (runs in the foreground).
+    ///
+    /// As root, msbfs mounts with mount(2); as an ordinary user, through fusermount3
+    /// (package fuse3) on a mountpoint that user owns. Stops and unmounts on SIGINT,
+    /// SIGTERM or SIGHUP, or when unmounted from outside.
     Mount {
-        /// Directory to mount on.
+        /// Directory to mount on (must be empty, unless --nonempty).
         mountpoint: PathBuf,
         /// microsandbox home [default: $MSB_HOME, else ~/.microsandbox].
         #[arg(long)]
         home: Option<PathBuf>,
-        /// Let other users read the mount.
+        /// Let other users read the mount (as an ordinary user this needs
+        /// user_allow_other in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
+        /// Mount over a directory that is not empty, or over another msbfs mount.
+        #[arg(long)]
+        nonempty: bool,
         /// Where msbfs keeps what it rendered [default: $MSBFS_STATE_DIR, else
         /// $XDG_STATE_HOME/msbfs, else ~/.local/state/msbfs]; one subdirectory per home.
         #[arg(long)]
@@ -51,6 +77,19 @@ enum Command {
         #[arg(long, hide = true, value_parser = parse_size_arg)]
         bench_ceiling: Option<u64>,
     },
+    /// Unmount an msbfs mount (the daemon then exits); works for the user who mounted it.
+    Unmount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Mount a simulated sandbox that keeps writing (the embedded default).
+    Demo {
+        /// Where to mount [default: ./msb].
+        mountpoint: Option<PathBuf>,
+    },
+    /// Resume positions (the user.cursor attribute of merged.log).
+    #[command(subcommand)]
+    Cursor(CursorCommand),
     /// Write logs exactly like microsandbox does, for tests, demos and benchmarks.
     Simulate {
         /// microsandbox home to write into.
@@ -74,30 +113,36 @@ enum Command {
         /// How exec output is cut into chunks.
         #[arg(long, value_enum, default_value_t = ChunkingArg::Lines)]
         chunking: ChunkingArg,
-        /// Virtual clock start, Unix ms [default: 2026-04-30T20:32:58Z]; `now` for the wall clock.
+        /// Start of the virtual clock, Unix ms [default: now]. msbfs dates kernel lines
+        /// from kernel.log's birth plus their uptime stamp, so a start in the past puts
+        /// kernel lines on another clock than the rest.
         #[arg(long)]
-        start: Option<String>,
+        start: Option<i64>,
+        /// Print the summary as one line of JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
-    /// Mount a simulated sandbox that keeps writing (the embedded default).
-    Demo {
-        /// Where to mount [default: ./msb].
-        mountpoint: Option<PathBuf>,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), e.g. `msbfs man > msbfs.1`.
+    Man,
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     msbfs::store::parse_size(text).ok_or_else(|| format!("{text:?} is not a size (e.g. 512M, 4G, 1048576)"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
+/// Exit code 2 for usage errors (each problem on a line of its own), 1 for the rest.
 fn exit_for(result: Result<(), MountError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(MountError::Usage(msg)) => {
-            eprintln!("msbfs: {msg}");
+            for line in msg.lines() {
+                eprintln!("msbfs: {line}");
+            }
             ExitCode::from(2)
         }
         Err(MountError::Io(e)) => {
@@ -107,111 +152,110 @@ fn exit_for(result: Result<(), MountError>) -> ExitCode {
     }
 }
 
-fn demo(mountpoint: Option<PathBuf>) -> Result<(), MountError> {
-    let mountpoint = mountpoint.unwrap_or_else(|| PathBuf::from("msb"));
-    let created_mountpoint = !mountpoint.exists();
-    if created_mountpoint {
-        std::fs::create_dir_all(&mountpoint)?;
+/// The value of extended attribute `name` of `path` (at most 4 KiB).
+fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let c_name = std::ffi::CString::new(name)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and buf is valid for buf.len() bytes.
+    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let home = std::env::temp_dir().join(format!("msbfs-demo-{}", std::process::id()));
-    std::fs::create_dir_all(home.join("sandboxes"))?;
-    let mut cfg = SimConfig::new(&home, "demo");
-    cfg.lines = 0;
-    cfg.rate = 4.0;
-    cfg.rotate_bytes = 256 << 10;
-    cfg.start_ms = now_ms();
-    cfg.seed = now_ms() as u64;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `msbfs cursor decode`: a cursor given, or read from a file's `user.cursor`.
+fn cursor_decode(arg: &str) -> Result<(), MountError> {
+    let path = Path::new(arg);
+    let text = if path.exists() {
+        let value = read_xattr(path, msbfs::fs::cursor::CURSOR_XATTR)
+            .map_err(|e| MountError::Usage(format!("{arg}: cannot read user.cursor: {e}")))?;
+        String::from_utf8_lossy(&value).into_owned()
+    } else {
+        arg.to_string()
+    };
+    let positions = msbfs::fs::cursor::decode(&text)
+        .ok_or_else(|| MountError::Usage(format!("{arg:?} is neither a cursor nor a file")))?;
+    println!("cursor       {}", text.trim());
+    print!("{}", msbfs::fs::cursor::describe(&positions));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn simulate_cmd(
+    home: PathBuf,
+    name: &str,
+    lines: u64,
+    rate: f64,
+    rotate_bytes: u64,
+    seed: u64,
+    chunking: ChunkingArg,
+    start: Option<i64>,
+    json: bool,
+    stop_signals: nix::sys::signal::SigSet,
+) -> ExitCode {
+    let mut cfg = SimConfig::new(&home, name);
+    cfg.lines = lines;
+    cfg.rate = rate;
+    cfg.rotate_bytes = rotate_bytes;
+    cfg.seed = seed;
+    cfg.start_ms = start.unwrap_or_else(msbfs::time::now_ms);
+    cfg.chunking = match chunking {
+        ChunkingArg::Lines => Chunking::Lines,
+        ChunkingArg::Fixed4k => Chunking::Fixed4k,
+        ChunkingArg::Random => Chunking::Random,
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
+    {
         let stop = stop.clone();
-        std::thread::spawn(move || simulate::run(cfg, &stop))
-    };
-    let opts = MountOptions {
-        mountpoint: mountpoint.clone(),
-        home: home.clone(),
-        allow_other: false,
-        state_dir: home.join("msbfs-state"),
-        max_store: None,
-        bench_ceiling: None,
-    };
-    let file = mountpoint.join("demo").join("merged.log");
-    let result = mount::serve(&opts, || {
-        let f = file.display();
-        println!(
-            "msbfs demo: a simulated sandbox 'demo' (logs in {}) is mounted on {}.",
-            home.display(),
-            mountpoint.display()
-        );
-        println!("Try, in another terminal:");
-        println!("  tail -f {f}");
-        println!("  less +F {f}");
-        println!("  grep -c stderr {f}");
-        println!("  getfattr -n user.cursor {f}");
-        println!("It rotates every 256 KiB; Ctrl-C here unmounts and removes everything.");
-    });
-    stop.store(true, Ordering::Relaxed);
-    if let Ok(Err(e)) = producer.join() {
-        eprintln!("msbfs: simulated producer: {e}");
+        std::thread::spawn(move || {
+            if stop_signals.wait().is_ok() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
     }
-    let _ = std::fs::remove_dir_all(&home);
-    if created_mountpoint {
-        let _ = std::fs::remove_dir(&mountpoint);
+    match simulate::run(cfg, &stop) {
+        Ok(summary) if json => {
+            println!("{}", summary.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(summary) => {
+            println!("{}", summary.human());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("msbfs simulate: {e}");
+            ExitCode::FAILURE
+        }
     }
-    result
 }
 
 fn main() -> ExitCode {
     let stop_signals = mount::block_stop_signals();
     msbfs::logging::init();
     match Cli::parse().command {
-        Command::Mount { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling } => {
+        Command::Mount { mountpoint, home, allow_other, nonempty, state_dir, max_store, bench_ceiling } => {
             let home = home.unwrap_or_else(mount::default_home);
             let state_dir = state_dir.unwrap_or_else(msbfs::store::default_state_root);
-            let opts = MountOptions { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling };
+            let opts = MountOptions { mountpoint, home, allow_other, state_dir, max_store, bench_ceiling, nonempty };
             exit_for(mount::serve(&opts, || {}))
         }
-        Command::Simulate { home, name, lines, rate, rotate_bytes, seed, chunking, start } => {
-            let start_ms = match start.as_deref() {
-                None => simulate::DEFAULT_START_MS,
-                Some("now") => now_ms(),
-                Some(ms) => match ms.parse() {
-                    Ok(ms) => ms,
-                    Err(_) => {
-                        return exit_for(Err(MountError::Usage(format!("--start {ms}: not a number of ms or `now`"))))
-                    }
-                },
-            };
-            let mut cfg = SimConfig::new(&home, &name);
-            cfg.lines = lines;
-            cfg.rate = rate;
-            cfg.rotate_bytes = rotate_bytes;
-            cfg.seed = seed;
-            cfg.start_ms = start_ms;
-            cfg.chunking = match chunking {
-                ChunkingArg::Lines => Chunking::Lines,
-                ChunkingArg::Fixed4k => Chunking::Fixed4k,
-                ChunkingArg::Random => Chunking::Random,
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    if stop_signals.wait().is_ok() {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                });
-            }
-            match simulate::run(cfg, &stop) {
-                Ok(summary) => {
-                    println!("{}", summary.to_json());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("msbfs simulate: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Unmount { mountpoint } => exit_for(mount::unmount_command(&mountpoint)),
+        Command::Demo { mountpoint } => exit_for(msbfs::demo::run(mountpoint)),
+        Command::Cursor(CursorCommand::Decode { cursor }) => exit_for(cursor_decode(&cursor)),
+        Command::Simulate { home, name, lines, rate, rotate_bytes, seed, chunking, start, json } => {
+            simulate_cmd(home, &name, lines, rate, rotate_bytes, seed, chunking, start, json, stop_signals)
         }
-        Command::Demo { mountpoint } => exit_for(demo(mountpoint)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "msbfs", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => exit_for(Err(MountError::Io(e))),
+            _ => ExitCode::SUCCESS,
+        },
     }
 }

@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::fs::Fs;
 use crate::fuse::FuseAdapter;
 use crate::ingest;
+use crate::mounter;
 use crate::store::{Store, Syncer};
 
 /// Worker threads of the FUSE session.
@@ -30,6 +31,8 @@ pub struct MountOptions {
     pub max_store: Option<u64>,
     /// Size of the benchmark-only `/.bench-ceiling` file, if wanted.
     pub bench_ceiling: Option<u64>,
+    /// Mount over a directory that is not empty (or is an msbfs mount already).
+    pub nonempty: bool,
 }
 
 /// How often the store is made durable.
@@ -71,38 +74,105 @@ pub fn default_home() -> PathBuf {
 /// Most stale mounts detached from one mountpoint (they can be stacked).
 const MAX_STALE: usize = 8;
 
-/// Checks the mountpoint, detaching mounts left stale by crashed daemons.
-fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
-    let usage = |e: std::io::Error| MountError::Usage(format!("mountpoint {}: {e}", mountpoint.display()));
+/// Checks the mountpoint, detaching mounts left stale by crashed daemons. A directory
+/// that is not empty, or that is a live msbfs mount already, is refused unless
+/// `nonempty`: mounting there would hide what is there.
+fn prepare_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<(), String> {
+    let at = mountpoint.display();
     for _ in 0..MAX_STALE {
         // A dead FUSE mount may still answer `stat` from its attribute cache for a
         // while, but never `readdir`.
-        let stale = std::fs::read_dir(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        let listing = std::fs::read_dir(mountpoint);
+        let stale = listing.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
             || std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
         if !stale {
-            return match std::fs::metadata(mountpoint) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(MountError::Usage(format!("mountpoint {} is not a directory", mountpoint.display()))),
-                Err(e) => Err(usage(e)),
+            match std::fs::metadata(mountpoint) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("mountpoint {at} is not a directory")),
+                Err(e) => return Err(format!("mountpoint {at}: {e}")),
+            }
+            if nonempty {
+                return Ok(());
+            }
+            if is_msbfs_mount(mountpoint) {
+                return Err(format!(
+                    "{at} is already an msbfs mount; unmount it first (msbfs unmount {at}), or pass --nonempty to mount over it"
+                ));
+            }
+            return match listing.map(|mut entries| entries.next().is_some()) {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(format!("mountpoint {at} is not empty; pass --nonempty to mount over what is there")),
+                Err(e) => Err(format!("mountpoint {at}: {e}")),
             };
         }
-        tracing::warn!(mountpoint = %mountpoint.display(), "stale mount (transport endpoint is not connected); detaching it");
-        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| MountError::Usage(format!("cannot detach stale mount {}: {e}", mountpoint.display())))?;
+        tracing::warn!(mountpoint = %at, "stale mount (transport endpoint is not connected); detaching it");
+        mounter::detach(mountpoint).map_err(|e| format!("cannot detach the stale mount on {at}: {e}"))?;
     }
-    Err(usage(std::io::Error::from_raw_os_error(libc::ENOTCONN)))
+    Err(format!("mountpoint {at}: {}", std::io::Error::from_raw_os_error(libc::ENOTCONN)))
+}
+
+/// True when `path` is the mount point of an msbfs mount (`/proc/self/mountinfo`).
+pub fn is_msbfs_mount(path: &Path) -> bool {
+    // A stale mount cannot be resolved (ENOTCONN): then the path as given, made absolute.
+    let Ok(path) = path.canonicalize().or_else(|_| std::path::absolute(path)) else { return false };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    table.lines().any(|line| {
+        let (mount, fstype) = match line.split_once(" - ") {
+            Some((before, after)) => (before.split(' ').nth(4), after.split(' ').next()),
+            None => (None, None),
+        };
+        fstype == Some("fuse.msbfs") && mount.map(unescape_mountinfo) == Some(path.clone())
+    })
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it: space, tab, newline and
+/// backslash as three octal digits after a backslash.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Checks that `home` holds a `sandboxes/` directory.
-pub fn check_home(home: &Path) -> Result<(), MountError> {
-    let sandboxes = home.join("sandboxes");
-    if sandboxes.is_dir() {
+pub fn check_home(home: &Path) -> Result<(), String> {
+    if home.join("sandboxes").is_dir() {
         Ok(())
     } else {
-        Err(MountError::Usage(format!(
-            "{} has no sandboxes/ directory (is --home or $MSB_HOME a microsandbox home?)",
-            home.display()
-        )))
+        Err(format!("{} has no sandboxes/ directory (is --home or $MSB_HOME a microsandbox home?)", home.display()))
+    }
+}
+
+/// Every check that can fail before mounting, each reported (home and mountpoint
+/// both, not only the first): the usage error lists one problem per line.
+fn check_arguments(opts: &MountOptions) -> Result<(), MountError> {
+    let mut problems = Vec::new();
+    problems.extend(check_home(&opts.home).err());
+    problems.extend(prepare_mountpoint(&opts.mountpoint, opts.nonempty).err());
+    if opts.allow_other && !mounter::privileged() && !mounter::user_allow_other() {
+        problems.push(format!(
+            "--allow-other as an ordinary user needs the line user_allow_other in {} (add it as root)",
+            mounter::FUSE_CONF
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(MountError::Usage(problems.join("\n")))
     }
 }
 
@@ -111,25 +181,6 @@ fn fuse_config() -> fuser::Config {
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     config
-}
-
-/// Mounts a FUSE filesystem of type `fuse.msbfs` (source `msbfs`) read-only on
-/// `mountpoint` and returns the `/dev/fuse` descriptor that serves it. Done by hand
-/// because fuser's own mount ignores the subtype.
-fn mount_fuse(mountpoint: &Path, allow_other: bool) -> std::io::Result<std::os::fd::OwnedFd> {
-    use nix::mount::MsFlags;
-    use std::os::fd::AsRawFd;
-    let fd: std::os::fd::OwnedFd = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?.into();
-    // SAFETY: getuid and getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions", fd.as_raw_fd());
-    if allow_other {
-        data.push_str(",allow_other");
-    }
-    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
-    nix::mount::mount(Some("msbfs"), mountpoint, Some("fuse.msbfs"), flags, Some(data.as_str()))
-        .map_err(|e| std::io::Error::other(format!("mount {}: {e}", mountpoint.display())))?;
-    Ok(fd)
 }
 
 enum Event {
@@ -156,8 +207,7 @@ pub fn block_stop_signals() -> SigSet {
 /// filesystem is mounted. The stop signals must already be blocked in every
 /// thread ([`block_stop_signals`] first thing in `main`).
 pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError> {
-    check_home(&opts.home)?;
-    prepare_mountpoint(&opts.mountpoint)?;
+    check_arguments(opts)?;
     let limit = crate::limits::raise_nofile_limit();
     tracing::debug!(limit, "descriptor limit");
     let store = Store::open(&opts.state_dir, &opts.home, opts.max_store).map_err(|e| MountError::Usage(e.0))?;
@@ -174,7 +224,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
         let _ = panicked.send(Event::IngestPanicked(message));
     });
     let acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    let fd = match mount_fuse(&opts.mountpoint, opts.allow_other) {
+    let fd = match mounter::mount(&opts.mountpoint, opts.allow_other) {
         Ok(fd) => fd,
         Err(e) => {
             ingest.stop();
@@ -240,11 +290,17 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     result
 }
 
+/// `msbfs unmount`: unmounts an msbfs mount (umount(2) as root, fusermount3 -u
+/// otherwise); the daemon serving it then exits. Anything else is refused.
+pub fn unmount_command(mountpoint: &Path) -> Result<(), MountError> {
+    if !is_msbfs_mount(mountpoint) {
+        return Err(MountError::Usage(format!("{} is not an msbfs mount", mountpoint.display())));
+    }
+    mounter::unmount(mountpoint).map_err(MountError::Io)
+}
+
 fn unmount(mountpoint: &Path) {
-    if let Err(e) = nix::mount::umount(mountpoint) {
-        tracing::warn!("unmount: {e}; detaching lazily");
-        if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!("lazy unmount failed: {e}");
-        }
+    if let Err(e) = mounter::unmount(mountpoint) {
+        tracing::warn!("unmount failed: {e}");
     }
 }

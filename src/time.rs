@@ -29,6 +29,11 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (always [`TIMESTAMP_LEN`] bytes; years are
 /// clamped to 0000..=9999 so the width never changes).
 pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {

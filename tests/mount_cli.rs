@@ -15,6 +15,7 @@ use common::*;
 
 /// Runs `msbfs mount` expecting a usage error: exit 2 within 5 s, one stderr line.
 fn mount_fails(mnt: &std::path::Path, home: &std::path::Path, expect: &str) {
+    let mounted_before = mounts_at(mnt).len();
     let t = Instant::now();
     let mut child = ChildGuard::new(
         "msbfs mount",
@@ -39,7 +40,7 @@ fn mount_fails(mnt: &std::path::Path, home: &std::path::Path, expect: &str) {
     assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
     assert!(err.contains(expect), "stderr {err:?} should mention {expect:?}");
     assert_eq!(out, "");
-    assert!(mounts_at(mnt).is_empty(), "nothing mounted");
+    assert_eq!(mounts_at(mnt).len(), mounted_before, "nothing mounted");
 }
 
 /// Case 12: Usage errors: exit code 2 and a one-line message.
@@ -54,6 +55,50 @@ fn usage_errors_exit_2() {
     fs::create_dir(&bare).unwrap();
     mount_fails(&env.mnt, &bare, "sandboxes");
     mount_fails(&env.mnt, &env.root().join("no-such-home"), "sandboxes");
+}
+
+/// Every problem before mounting is reported, not only the first; a mountpoint that
+/// is not empty or is a live msbfs mount already is refused unless --nonempty.
+#[test]
+fn every_argument_problem_is_reported_and_nothing_is_stacked() {
+    let env = Env::new();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(env.root().join("no-mnt"))
+        .arg("--home")
+        .arg(env.root().join("no-home"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("msbfs: ") && lines[0].contains("no-home has no sandboxes/ directory"), "{err}");
+    assert!(lines[1].starts_with("msbfs: mountpoint ") && lines[1].contains("No such file or directory"), "{err}");
+
+    File::create(env.mnt.join("something")).unwrap();
+    mount_fails(&env.mnt, &env.home, "is not empty; pass --nonempty");
+    fs::remove_file(env.mnt.join("something")).unwrap();
+
+    let out = Command::new(BIN).arg("unmount").arg(&env.mnt).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an msbfs mount"));
+}
+
+/// A live msbfs mount is not stacked over unless asked; `msbfs unmount` ends it.
+#[test]
+fn a_live_mount_is_not_stacked_over_and_msbfs_unmount_ends_it() {
+    require_mount!();
+    let env = Env::new();
+    env.logs_dir("box");
+    let mut m = env.mount();
+    mount_fails(&env.mnt, &env.home, "is already an msbfs mount; unmount it first");
+    assert_eq!(mounts_at(&env.mnt).len(), 1, "still one mount");
+    let out = Command::new(BIN).arg("unmount").arg(&env.mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = m.wait_exit(Duration::from_secs(10)).expect("the daemon exits after an unmount");
+    assert!(st.success(), "{st}:\n{}", m.stderr());
+    assert!(mounts_at(&env.mnt).is_empty());
 }
 
 /// Case 13: A mountpoint left stale by a SIGKILLed daemon is detached and reused.
@@ -185,4 +230,49 @@ fn mount_tests_are_skipped_with_a_reason_without_root() {
         [format!("{SKIP_MARKER}: sigint_unmounts_with_a_parked_reader: not root (msbfs mounts with mount(2))")],
         "stderr:\n{stderr}"
     );
+}
+
+/// The demo: rotations within its first 30 s (said as they happen), a resumable cursor,
+/// nothing but its own messages on the terminal, and nothing left after Ctrl-C.
+#[test]
+fn the_demo_rotates_early_says_so_and_cleans_up() {
+    require_mount!();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("msb");
+    let mut demo = ChildGuard::new(
+        "msbfs demo",
+        Command::new(BIN).arg("demo").arg(&mnt).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let pid = demo.pid();
+    let lines = Lines::new(demo.child().stdout.take().unwrap());
+    let mut stderr = demo.child().stderr.take().unwrap();
+    let mut said = Vec::new();
+    let start = Instant::now();
+    while !said.iter().any(|l: &String| l.contains("exec.log rotated")) {
+        let left = Duration::from_secs(30).saturating_sub(start.elapsed());
+        said.push(lines.next(left, "an exec.log rotation said within 30 s"));
+    }
+    let merged = mnt.join("demo").join("merged.log");
+    wait_until(Duration::from_secs(5), "the rotated history is in merged.log", || {
+        fs::metadata(&merged).is_ok_and(|m| m.len() > 64 << 10)
+    });
+    let text = String::from_utf8_lossy(&read_all(&merged)).into_owned();
+    assert!(text.contains(" system --- exec session 1 started ---"), "{}", &text[..200]);
+    let out = Command::new(BIN).args(["cursor", "decode"]).arg(&merged).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("merged.log   offset"));
+    let all = said.join("\n");
+    assert!(all.contains(&format!("cursor decode {}", merged.display())), "the demo shows how to decode:\n{all}");
+    assert!(all.contains("getfattr -n user.cursor"), "{all}");
+    assert!(!all.contains("WARN") && !all.contains("INFO"), "no daemon log on the terminal:\n{all}");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let st = demo.wait_exit(Duration::from_secs(10)).expect("the demo stops on Ctrl-C");
+    assert!(st.success(), "{st}");
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(err, "", "nothing on stderr");
+    assert!(!mnt.exists(), "the mountpoint it made is removed");
+    assert!(!std::env::temp_dir().join(format!("msbfs-demo-{pid}")).exists(), "its home is removed");
 }

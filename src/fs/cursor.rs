@@ -37,6 +37,25 @@ pub fn decode(text: &str) -> Option<Vec<CursorPos>> {
     )
 }
 
+/// What each position of a cursor names, in order.
+const POSITION_NAMES: [&str; 4] = ["exec.log", "runtime.log", "kernel.log", "merged.log"];
+
+/// A cursor's positions for people: one line per source (`generation` is the source
+/// file's identity, `byte` the offset in it) and the `merged.log` offset of that
+/// moment.
+pub fn describe(positions: &[CursorPos]) -> String {
+    let mut out = String::new();
+    for (i, p) in positions.iter().enumerate() {
+        let line = match POSITION_NAMES.get(i) {
+            Some(&"merged.log") => format!("merged.log   offset {:>12}   (epoch {:#x})\n", p.offset, p.generation),
+            Some(name) => format!("{name:<12} byte {:>14}   (generation {:#x})\n", p.offset, p.generation),
+            None => format!("position {i}   offset {}   (generation {:#x})\n", p.offset, p.generation),
+        };
+        out.push_str(&line);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +77,10 @@ mod tests {
         assert_eq!(&back[..3], &sources);
         assert_eq!(back[3], CursorPos { generation: 0xdead_beef, offset: 4096 });
         assert_eq!(decode("!!"), None);
+        let text = describe(&back);
+        assert_eq!(text.lines().count(), 4);
+        assert!(text.starts_with("exec.log     byte            345   (generation 0xc)\n"), "{text}");
+        assert!(text.ends_with("merged.log   offset         4096   (epoch 0xdeadbeef)\n"), "{text}");
         assert_eq!(decode("BA=="), None);
     }
 }

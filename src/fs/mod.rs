@@ -20,6 +20,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::ingest::Catalog;
+use crate::time::now_ms;
 use crate::timeline::Timeline;
 use follow::{EofStreak, Follow, Parked};
 
@@ -158,10 +159,6 @@ pub struct Fs {
 
 /// A source of monotonic time.
 type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 impl Fs {
     /// An empty filesystem; the root is owned by `owner` (uid, gid).

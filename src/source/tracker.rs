@@ -119,8 +119,8 @@ impl ChainTracker {
         }
     }
 
-    /// Owner and mode of every file of the chain at the last snapshot (the files
-    /// `merged.log` renders from, for its permissions).
+    /// Owner and mode of every file of the chain at the last snapshot that msbfs could
+    /// open (the files `merged.log` renders from, for its permissions).
     pub fn accesses(&self) -> &[Access] {
         &self.accesses
     }
@@ -277,7 +277,9 @@ impl ChainTracker {
             let before = self.stat_chain(&dir);
             match self.classify(&dir, &before) {
                 Some(opened) if self.stat_chain(&dir) == before => {
-                    let accesses: Vec<Access> = before.iter().map(|f| f.access).collect();
+                    // A file msbfs cannot open renders nothing, so it restricts nothing.
+                    let readable = before.iter().zip(&opened).filter(|(_, o)| !matches!(o, Ok(usize::MAX)));
+                    let accesses: Vec<Access> = readable.map(|(f, _)| f.access).collect();
                     if accesses != self.accesses {
                         self.accesses = accesses;
                         self.accesses_changed = true;

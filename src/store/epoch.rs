@@ -29,6 +29,7 @@ use super::frame::{push_frame, FrameReader};
 use super::notice::{Missing, MissingRange, LINE_MIN};
 use super::pool::{self, FilePool, PooledFile};
 use crate::codec::{push_bytes, push_varint, push_zigzag, Decoder};
+use crate::time::now_ms;
 
 /// Version of the on-disk format; state of another version starts a new epoch.
 pub const FORMAT_VERSION: u32 = 1;
@@ -323,10 +324,6 @@ impl std::fmt::Debug for EpochStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EpochStore").field("header", &self.header).field("size", &self.size()).finish()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn open_rw(path: &Path, create: bool) -> io::Result<File> {

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crate::time::now_ms;
 use parking_lot::Mutex;
 
 pub use epoch::{Commit, Cut, EpochStore, Header, Recovered, Segment, StoredCommit, Unreadable};
@@ -366,10 +367,6 @@ fn read_saved_header(dir: &Path) -> Result<Header, String> {
         Ok(None) => Err("the journal header is torn or corrupt".into()),
         Err(e) => Err(format!("journal: {e}")),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A fresh random epoch id.

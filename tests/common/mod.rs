@@ -58,6 +58,7 @@ pub fn skip_without_mount() -> bool {
 
 /// Returns from the calling test when nothing can be mounted here
 /// ([`skip_without_mount`]).
+#[allow(unused_macros)] // tests without a mount (tests/cli.rs) share this harness
 macro_rules! require_mount {
     () => {
         if $crate::common::skip_without_mount() {
@@ -398,8 +399,9 @@ impl Mounted {
         loop {
             // A live msbfs mount answers readdir; a stale one (whose mount id the new
             // mount may even reuse, and whose attributes may still be cached) fails
-            // with ENOTCONN.
-            if mounts_at(mnt).iter().any(|e| e.is_msbfs()) && fs::read_dir(mnt).is_ok() {
+            // with ENOTCONN. One of another user, without allow_other, refuses us.
+            let answers = fs::read_dir(mnt).map_or_else(|e| e.kind() == std::io::ErrorKind::PermissionDenied, |_| true);
+            if mounts_at(mnt).iter().any(|e| e.is_msbfs()) && answers {
                 return m;
             }
             if let Ok(Some(st)) = m.child.as_mut().unwrap().try_wait() {
@@ -552,6 +554,9 @@ impl Sim {
             .arg("--seed")
             .arg(self.seed.to_string())
             .args(self.chunking.iter().flat_map(|c| ["--chunking", c]))
+            .arg("--start")
+            .arg(msbfs::simulate::DEFAULT_START_MS.to_string())
+            .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
