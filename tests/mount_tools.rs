@@ -530,3 +530,43 @@ fn readers_leave_no_warnings_in_the_log() {
         log.lines().filter(|l| ["WARN", "ERROR", "Not Implemented"].iter().any(|w| l.contains(w))).collect();
     assert!(noisy.is_empty(), "warnings in the daemon's log:\n{}", noisy.join("\n"));
 }
+
+/// The README's follow loops: a shell loop and a Python loop that read again after end
+/// of file follow the file, parked in the kernel between lines instead of spinning.
+#[test]
+fn readme_retry_loops_follow_and_park() {
+    require_mount!();
+    let env = Env::new();
+    let logs = env.logs_dir("loops");
+    Sim::new("loops", 50).seed(17).run_lib(&env.home);
+    let _m = env.mount();
+    let merged = env.merged("loops");
+    wait_caught_up(&logs, &merged, Duration::from_secs(10));
+    let shell = r#"exec 3< "$1"
+while :; do IFS= read -r line <&3 && printf '%s\n' "$line"; done"#;
+    let python = r#"import sys
+f = open(sys.argv[1])
+while True:
+    line = f.readline()
+    if line:
+        print(line, end="", flush=True)"#;
+    let (shell_args, python_args) = (["-c", shell, "_"], ["-c", python]);
+    let loops = [("bash", shell_args.as_slice()), ("python3", python_args.as_slice())];
+    for (i, (program, args)) in loops.into_iter().enumerate() {
+        let mut child = ChildGuard::new(
+            program,
+            Command::new(program).args(args).arg(&merged).stdout(Stdio::piped()).spawn().expect(program),
+        );
+        let lines = Lines::new(child.child().stdout.take().unwrap());
+        wait_parked_in_read(child.pid(), Duration::from_secs(5));
+        let marker = format!("LOOP-MARKER-{i}");
+        append_exec(&logs, "stdout", 4, &format!("{marker}\n"));
+        loop {
+            let line = lines.next(Duration::from_secs(5), &format!("{program} shows {marker}"));
+            if line.ends_with(&format!(" stdout[4] {marker}")) {
+                break;
+            }
+        }
+        wait_parked_in_read(child.pid(), Duration::from_secs(5));
+    }
+}
