@@ -517,8 +517,11 @@ fn readers_leave_no_warnings_in_the_log() {
     wait_parked_in_read(parked.pid(), Duration::from_secs(5));
     parked.signal(libc::SIGKILL);
     parked.wait_exit(Duration::from_secs(5)).expect("the killed reader exits");
+    // The watchdog answers the killed reader with EINTR. Usually the kernel has dropped
+    // the request by then (fuser logs "Failed to send FUSE reply", demoted to debug);
+    // on a busy machine the answer may come first and be taken. Both are fine.
     wait_until(Duration::from_secs(5), "the answer to the killed reader is logged", || {
-        m.stderr().contains("Failed to send FUSE reply")
+        m.stderr().contains("request failed: Interrupted op=\"read\"")
     });
 
     let log = m.stderr();
