@@ -3,7 +3,8 @@
 //! - rsyslog `imfile` (polling), syslog-ng `file()` and `contrib/ship.py` ship every
 //!   line of `merged.log` exactly once, in order, across producer rotations and a
 //!   restart of msbfs (same state directory: same inode, same offsets), with the
-//!   settings the README gives; ship.py also across SIGKILLs of itself.
+//!   settings the README gives; ship.py also across SIGKILLs of itself;
+//! - lnav with `contrib/lnav/msbfs.json` recognises every line, with its time and level.
 //!
 //! What a restart of msbfs does to a shipper: the kernel ends the FUSE connection when
 //! the daemon exits, so every descriptor open on the old mount fails from then on with
@@ -598,4 +599,188 @@ fn python_shipper_ships_every_line_once_across_kills_and_a_restart() {
     stop(shipper, &diag);
     assert_no_strays(&env.root(), &[m.pid()]);
     drop(m);
+}
+
+// ---------------------------------------------------------------------------
+// lnav
+
+/// The level `contrib/lnav/msbfs.json` gives a rendered line.
+fn expected_level(tag: &[u8], text: &[u8]) -> &'static str {
+    let starts = |p: &str| text.starts_with(p.as_bytes());
+    match tag {
+        b"runtime" => match text.split(|&b| b == b' ').next().unwrap_or_default() {
+            b"TRACE" if text.len() > 5 => "trace",
+            b"DEBUG" if text.len() > 5 => "debug",
+            b"WARN" if text.len() > 4 => "warning",
+            b"ERROR" if text.len() > 5 => "error",
+            _ => "info",
+        },
+        b"msbfs" => {
+            let dropped = {
+                let t = String::from_utf8_lossy(text);
+                let mut w = t.split(' ');
+                w.next().is_some_and(|n| n.parse::<u64>().is_ok())
+                    && w.next() == Some("bytes")
+                    && w.next() == Some("from")
+                    && w.next() == Some("offset")
+                    && w.next().is_some_and(|n| n.parse::<u64>().is_ok())
+                    && w.next() == Some("were")
+                    && w.next() == Some("dropped")
+            };
+            if starts("corrupt ") || starts("skipped ") || dropped {
+                "warning"
+            } else {
+                "error"
+            }
+        }
+        t if t.starts_with(b"stderr") => "warning",
+        _ => "info",
+    }
+}
+
+/// lnav's time of a rendered timestamp: `2026-04-30T20:32:59.688Z` -> `2026-04-30 20:32:59.688`.
+fn lnav_time(ts: &[u8]) -> String {
+    let ts = String::from_utf8_lossy(ts);
+    format!("{} {}", &ts[..10], &ts[11..23])
+}
+
+/// Runs lnav headless on `file` with the format installed in `home`: the rows of `sql`
+/// as JSON objects.
+fn lnav_query(home: &Path, file: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("lnav")
+        .env("HOME", home)
+        .env("TZ", "UTC")
+        .arg("-n")
+        .arg("-c")
+        .arg(format!(";{sql}"))
+        .arg("-c")
+        .arg(":write-json-to -")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("lnav");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("error"), "lnav failed ({}): {stderr}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str::<Vec<serde_json::Value>>(&text).unwrap_or_else(|e| panic!("lnav output ({e}): {text}"))
+}
+
+/// lnav with contrib/lnav/msbfs.json installed recognises every line of a mounted
+/// merged.log (a simulated history, and one line of every kind), with the right time
+/// and level.
+#[test]
+fn lnav_format_recognises_every_line_with_time_and_level() {
+    require_mount!();
+    let env = Env::new();
+    let _strays = Strays(env.root());
+    let home = env.root().join("lnav-home");
+    fs::create_dir_all(&home).unwrap();
+    let install = Command::new("lnav")
+        .env("HOME", &home)
+        .arg("-i")
+        .arg(PathBuf::from(REPO).join("contrib/lnav/msbfs.json"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("lnav -i");
+    let said = format!("{}{}", String::from_utf8_lossy(&install.stdout), String::from_utf8_lossy(&install.stderr));
+    assert!(install.status.success() && said.contains("installed") && !said.contains("error"), "lnav -i: {said}");
+
+    // One line of every kind, known text.
+    let known = env.logs_dir("known");
+    let exec = [
+        r#"{"t":"2026-04-30T20:32:59.001Z","s":"system","d":"--- sandbox started ---\n"}"#,
+        r#"{"t":"2026-04-30T20:32:59.002Z","s":"stdout","d":"hello, world\n","id":7}"#,
+        r#"{"t":"2026-04-30T20:32:59.003Z","s":"stderr","d":"Traceback (most recent call last):\n","id":7}"#,
+        r#"{"t":"2026-04-30T20:32:59.004Z","s":"output","d":"pty text\n","id":8}"#,
+        r#"{"t":"2026-04-30T20:32:59.005Z","s":"output","d":"pty text without a session id\n"}"#,
+        "{not json",
+    ];
+    fs::write(known.join("exec.log"), exec.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let runtime = [
+        "2026-04-30T20:33:00.001Z TRACE msb::vm: trace line",
+        "2026-04-30T20:33:00.002Z DEBUG msb::vm: debug line",
+        "2026-04-30T20:33:00.003Z  INFO msb::vm: booting",
+        "2026-04-30T20:33:00.004Z  WARN msb::vm: warn line",
+        "2026-04-30T20:33:00.005Z \x1b[31mERROR\x1b[0m msb::vm: error line",
+        "   0: std::backtrace::capture",
+    ];
+    fs::write(known.join("runtime.log"), runtime.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    fs::write(known.join("kernel.log"), "[    0.000000] Linux version 6.1.0\n[    0.250000] console up\n").unwrap();
+    // A simulated history: every kind of line, many times, with rotations.
+    let sim_logs = env.logs_dir("sim");
+    let mut sim = simulator(&env, "sim", 44);
+    steps(&mut sim, 1500);
+
+    let _m = env.mount();
+    for (logs, name) in [(&known, "known"), (&sim_logs, "sim")] {
+        wait_caught_up(logs, &env.merged(name), DEADLINE);
+    }
+
+    // Every line recognised, time and level as the format says.
+    for name in ["known", "sim"] {
+        let merged = env.merged(name);
+        let bytes = read_all(&merged);
+        let lines = parse_lines(&bytes);
+        let formats = lnav_query(&home, &merged, "SELECT log_format, count(*) AS n FROM all_logs GROUP BY log_format");
+        assert_eq!(
+            formats,
+            vec![serde_json::json!({"log_format": "msbfs_merged", "n": lines.len()})],
+            "{name}: every line in the msbfs format"
+        );
+        let rows = lnav_query(&home, &merged, "SELECT log_time, log_level, tag FROM msbfs_merged");
+        let mut got: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("{k} in {r}")).to_string();
+                (s("log_time"), s("log_level"), s("tag"))
+            })
+            .collect();
+        let mut want: Vec<(String, String, String)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    lnav_time(l.ts),
+                    expected_level(l.tag, l.text).to_string(),
+                    String::from_utf8_lossy(l.tag).into_owned(),
+                )
+            })
+            .collect();
+        got.sort();
+        want.sort();
+        assert!(got == want, "{name}: lnav's (time, level, tag) of every line");
+        let levels: std::collections::BTreeSet<&str> = want.iter().map(|w| w.1.as_str()).collect();
+        eprintln!("{name}: {} lines, levels {levels:?}", lines.len());
+    }
+
+    // The known lines, one by one.
+    let rows =
+        lnav_query(&home, &env.merged("known"), "SELECT log_time, log_level, tag, session, log_body FROM msbfs_merged");
+    let row = |body: &str| {
+        rows.iter()
+            .find(|r| r["log_body"].as_str().is_some_and(|b| b.contains(body)))
+            .unwrap_or_else(|| panic!("no row with {body:?}: {rows:?}"))
+    };
+    for (body, time, level, tag) in [
+        ("--- sandbox started ---", "2026-04-30 20:32:59.001", "info", "system"),
+        ("hello, world", "2026-04-30 20:32:59.002", "info", "stdout[7]"),
+        ("Traceback", "2026-04-30 20:32:59.003", "warning", "stderr[7]"),
+        ("pty text without", "2026-04-30 20:32:59.005", "info", "output"),
+        ("corrupt exec.log line", "2026-04-30 20:32:59.005", "warning", "msbfs"),
+        ("trace line", "2026-04-30 20:33:00.001", "trace", "runtime"),
+        ("debug line", "2026-04-30 20:33:00.002", "debug", "runtime"),
+        ("booting", "2026-04-30 20:33:00.003", "info", "runtime"),
+        ("warn line", "2026-04-30 20:33:00.004", "warning", "runtime"),
+        ("error line", "2026-04-30 20:33:00.005", "error", "runtime"),
+        ("std::backtrace::capture", "2026-04-30 20:33:00.005", "info", "runtime"),
+        ("console up", "", "info", "kernel"),
+    ] {
+        let r = row(body);
+        assert!(r["log_time"].as_str().unwrap().starts_with(time), "{body}: time {r}");
+        assert_eq!(r["log_level"], level, "{body}: level {r}");
+        assert_eq!(r["tag"], tag, "{body}: tag {r}");
+    }
+    assert_eq!(row("hello, world")["session"], "7");
+    assert_eq!(row("pty text without")["session"], serde_json::Value::Null);
+    // The runtime line's own body is the text after the level.
+    assert_eq!(row("booting")["log_body"], "msb::vm: booting");
 }
