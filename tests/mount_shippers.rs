@@ -4,7 +4,8 @@
 //!   line of `merged.log` exactly once, in order, across producer rotations and a
 //!   restart of msbfs (same state directory: same inode, same offsets), with the
 //!   settings the README gives; ship.py also across SIGKILLs of itself;
-//! - lnav with `contrib/lnav/msbfs.json` recognises every line, with its time and level.
+//! - lnav with `contrib/lnav/msbfs.json` recognises every line, with its time and level;
+//! - multitail follows.
 //!
 //! What a restart of msbfs does to a shipper: the kernel ends the FUSE connection when
 //! the daemon exits, so every descriptor open on the old mount fails from then on with
@@ -783,4 +784,85 @@ fn lnav_format_recognises_every_line_with_time_and_level() {
     assert_eq!(row("pty text without")["session"], serde_json::Value::Null);
     // The runtime line's own body is the text after the level.
     assert_eq!(row("booting")["log_body"], "msb::vm: booting");
+}
+
+// ---------------------------------------------------------------------------
+// multitail
+
+/// tmux on a private socket, killed on drop (from tests/mount_tools.rs).
+struct Tmux {
+    sock: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.env("TERM", "xterm-256color").args(["-f", "/dev/null", "-L", &self.sock]);
+        c
+    }
+    fn capture(&self) -> String {
+        let out = self.cmd().args(["capture-pane", "-p", "-t", "t"]).output().expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Polls the screen until `shown` holds; on a timeout the panic shows the screen.
+    fn wait_for_screen(&self, deadline: Duration, what: &str, shown: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if shown(&screen) {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for: {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+/// multitail shows merged.log and every line appended to it, also after a producer
+/// rotation.
+#[test]
+fn multitail_follows() {
+    require_mount!();
+    let env = Env::new();
+    let _strays = Strays(env.root());
+    let logs = env.logs_dir("mt");
+    let mut sim = simulator(&env, "mt", 45);
+    steps(&mut sim, 200);
+    append_exec(&logs, "stdout", 5, "MT-BEFORE-1d7e\n");
+    let m = env.mount();
+    let merged = env.merged("mt");
+    wait_caught_up(&logs, &merged, DEADLINE);
+
+    let home = env.root().join("mt-home");
+    fs::create_dir_all(&home).unwrap();
+    let tmux = Tmux { sock: format!("msbfs-it-mt-{}", std::process::id()) };
+    let st = tmux
+        .cmd()
+        .env("HOME", &home)
+        .args(["new-session", "-d", "-s", "t", "-x", "200", "-y", "50"])
+        .arg(format!("multitail {}", merged.display()))
+        .output()
+        .expect("tmux");
+    assert!(st.status.success(), "tmux: {}", String::from_utf8_lossy(&st.stderr));
+    tmux.wait_for_screen(Duration::from_secs(15), "multitail shows the file", |s| s.contains("MT-BEFORE-1d7e"));
+    for i in 0..3 {
+        let marker = format!("MT-AFTER-{i}-5b9c");
+        if i == 2 {
+            steps(&mut sim, 400); // a rotation of exec.log in between
+        }
+        append_exec(&logs, "stdout", 5, &format!("{marker}\n"));
+        tmux.wait_for_screen(Duration::from_secs(15), &format!("multitail shows {marker}"), |s| s.contains(&marker));
+    }
+    assert!(sim.summary().exec_rotations >= 1, "a rotation while multitail followed");
+    drop(tmux);
+    assert_no_strays(&env.root(), &[m.pid()]);
 }
