@@ -54,11 +54,14 @@ fn steps(sim: &mut Simulator, n: u64) {
     sim.finish().unwrap();
 }
 
-/// Lines the simulator does not write: a tab, quotes and a backslash, and a line longer
-/// than 64 KiB (two lines in merged.log). Tagged with [`EXTRA_ID`].
+/// Lines the simulator does not write: a tab, quotes and a backslash, a line longer than
+/// 64 KiB (two lines in merged.log), and 70,000 control characters (a first line of
+/// 256 KiB). Tagged with [`EXTRA_ID`].
 fn append_extras(logs: &Path, round: u32) {
     append_exec(logs, "stdout", EXTRA_ID, &format!("extra {round}: a\ttab, \"quotes\" and a back\\slash\n"));
     append_exec(logs, "stderr", EXTRA_ID, &format!("extra {round}: long {}\n", "x".repeat(100_000)));
+    // Control characters are shown as `\xHH`: a 64 KiB piece of them is a 256 KiB line.
+    append_exec(logs, "stdout", EXTRA_ID, &format!("extra {round}: control {}\n", "\u{1}".repeat(70_000)));
 }
 
 /// `bytes` without the lines of [`append_extras`] (what [`check`] knows nothing of).
@@ -82,7 +85,7 @@ fn without_extras(bytes: &[u8]) -> Vec<u8> {
 fn check_shipped(got: &[u8], merged: &[u8], sim: &Simulator, rounds: usize) {
     assert!(got == merged, "the shipper's output is byte for byte merged.log");
     let extras = count_occurrences(merged, format!("[{EXTRA_ID}] extra ").as_bytes());
-    assert_eq!(extras, 2 * rounds, "every extra line once");
+    assert_eq!(extras, 3 * rounds, "every extra line once");
     check(&without_extras(merged), sim.summary(), Expect::Complete);
 }
 
@@ -245,7 +248,7 @@ impl Rsyslog {
         fs::create_dir_all(&work).unwrap();
         let (conf, out, log) = (work.join("rsyslog.conf"), env.root().join("rsyslog.out"), work.join("rsyslogd.log"));
         let text = format!(
-            r#"global(workDirectory="{work}" maxMessageSize="256k")
+            r#"global(workDirectory="{work}" maxMessageSize="1m")
 module(load="{modules}/imfile.so" mode="polling" PollingInterval="1")
 template(name="line" type="string" string="%rawmsg%\n")
 # rsyslog's own messages (nothing else reaches the default ruleset)
