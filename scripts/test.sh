@@ -24,6 +24,7 @@ if ((${#pkgs[@]})); then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}"
 fi
+bash scripts/install-rsyslog.sh  # rsyslogd unpacked into target/tools (its package conflicts with syslog-ng-core)
 # An ordinary user for the tests of unprivileged mounts and foreign readers.
 id -u msbfs-test >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin msbfs-test
 if [[ ! -c /dev/fuse ]]; then
