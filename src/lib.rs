@@ -5,7 +5,8 @@
 //! Data flows one way (DESIGN §3): producer files → [`source`] → [`ingest`] →
 //! [`timeline`] (renderer, batches, checkpoints) → [`store`] (rendered bytes on disk)
 //! → [`fs`] (handles, follow mode) → [`fuse`] (thin adapter). [`mount`] wires them
-//! together and [`logging`] sets up the log; [`simulate`] is a producer that writes
+//! together, [`notify`] tells a service manager when the mount answers and when it stops,
+//! and [`logging`] sets up the log; [`simulate`] is a producer that writes
 //! exactly what microsandbox writes.
 
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod logging;
 pub mod mount;
 pub mod mounter;
+pub mod notify;
 pub mod simulate;
 pub mod source;
 pub mod store;

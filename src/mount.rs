@@ -257,6 +257,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
         budget = store.budget(),
         "mounted"
     );
+    let mut service = crate::notify::Service::start(&opts.mountpoint);
     ready();
     let unmount_now = || {
         fs.shutdown();
@@ -267,7 +268,9 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
             tracing::debug!("session ended after unmount: {e}");
         }
     };
-    let result = match rx.recv() {
+    let event = rx.recv();
+    service.stopping();
+    let result = match event {
         Ok(Event::Signal(sig)) => {
             tracing::info!("{sig}: unmounting");
             unmount_now();
