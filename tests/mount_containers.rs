@@ -11,6 +11,8 @@
 //!   the mount (a rootless runtime) and inside a container that got it through a bind of
 //!   the parent directory, while a container whose user maps to the mounting uid reads
 //!   it whatever uid it has inside: FUSE checks the kernel uid, not the namespace's.
+//! - A restart of msbfs (a new mount) reaches a container through an rslave bind of the
+//!   mountpoint's parent, while a bind of the mount itself keeps the dead one (ENOTCONN).
 
 #[macro_use]
 mod common;
@@ -293,4 +295,89 @@ fn without_allow_other_only_the_mounting_uid_gets_in_whatever_its_uid_inside() {
     assert_eq!(out, b"1000\n");
     assert_eq!(mapped.output(&[(env.mnt.as_path(), "/logs")], &cat), fs::read(env.merged("web")).unwrap());
     m.stop();
+}
+
+/// Lazily unmounts its path when dropped (declared before what is mounted below it).
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
+
+fn mount_cmd(args: &[&Path]) {
+    let st = Command::new("mount").args(args).status().expect("mount");
+    assert!(st.success(), "mount {args:?}");
+}
+
+/// `cat path` inside the mount namespace of `pid`: its stdout, or its stderr as `Err`.
+fn cat_in(pid: u32, path: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "cat"]).arg(path).output().expect("nsenter");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// What `-v /parent:/parent:ro,rslave` (docker's `bind-propagation=rslave`) is for: a
+/// container given a recursive slave bind of the mountpoint's parent sees msbfs
+/// unmounted and mounted again (a restart is a new mount); a container given a bind of
+/// the mount itself keeps the dead one (ENOTCONN). The container is a mount namespace
+/// made by `unshare` in which the binds are made as a runtime makes them (`mount
+/// --rbind` + `--make-rslave`, `mount --bind`); the host's parent is made a shared
+/// mount first (here `/` is private; on a systemd host it is shared already).
+#[test]
+fn a_restart_reaches_a_container_only_through_an_rslave_bind_of_the_parent() {
+    require_mount!();
+    let env = Env::new();
+    let logs = env.logs_dir("web");
+    append_exec(&logs, "stdout", 1, "before the restart\n");
+    let parent = env.root().join("parent");
+    let mnt = parent.join("msb");
+    let (rslave, plain) = (env.root().join("c-rslave"), env.root().join("c-plain"));
+    for dir in [&mnt, &rslave, &plain] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    mount_cmd(&[Path::new("--bind"), &parent, &parent]);
+    let _parent = UnmountOnDrop(parent.clone());
+    mount_cmd(&[Path::new("--make-shared"), &parent]);
+    let first = Mounted::start(&env.home, &mnt, &env.root().join("first.stderr"));
+    wait_until(Duration::from_secs(10), "first mount serves", || {
+        fs::read_to_string(mnt.join("web/merged.log")).is_ok_and(|t| t.contains("before the restart"))
+    });
+
+    let script = format!(
+        "mount --rbind {p} {r} && mount --make-rslave {r} && mount --bind {m} {c} && echo ready && exec sleep 600",
+        p = parent.display(),
+        r = rslave.display(),
+        m = mnt.display(),
+        c = plain.display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "slave", "--", "sh", "-c", &script]).stdout(Stdio::piped());
+    let mut container = ChildGuard::new("container namespace", command.spawn().expect("unshare"));
+    let ready = Lines::new(container.child().stdout.take().unwrap());
+    assert_eq!(ready.next(Duration::from_secs(10), "container ready"), "ready");
+    let pid = container.pid();
+    let in_rslave = rslave.join("msb/web/merged.log");
+    let in_plain = plain.join("web/merged.log");
+    let host = fs::read(mnt.join("web/merged.log")).unwrap();
+    assert_eq!(cat_in(pid, &in_rslave).as_deref(), Ok(&host[..]));
+    assert_eq!(cat_in(pid, &in_plain).as_deref(), Ok(&host[..]));
+    assert!(mounts_at(&rslave).is_empty() && mounts_at(&plain).is_empty(), "the container's mounts are its own");
+
+    first.stop();
+    append_exec(&logs, "stdout", 1, "after the restart\n");
+    let second = Mounted::start(&env.home, &mnt, &env.root().join("second.stderr"));
+    wait_until(Duration::from_secs(10), "second mount serves", || {
+        fs::read_to_string(mnt.join("web/merged.log")).is_ok_and(|t| t.contains("after the restart"))
+    });
+    let host = fs::read(mnt.join("web/merged.log")).unwrap();
+    assert_eq!(cat_in(pid, &in_rslave).as_deref(), Ok(&host[..]), "the rslave bind sees the new mount");
+    let stale = cat_in(pid, &in_plain).expect_err("the plain bind still holds the old mount");
+    assert!(stale.contains("Transport endpoint is not connected"), "{stale}");
+    second.stop();
+    drop(container);
 }
