@@ -12,7 +12,8 @@
 //!   the parent directory, while a container whose user maps to the mounting uid reads
 //!   it whatever uid it has inside: FUSE checks the kernel uid, not the namespace's.
 //! - A restart of msbfs (a new mount) reaches a container through an rslave bind of the
-//!   mountpoint's parent, while a bind of the mount itself keeps the dead one (ENOTCONN).
+//!   mountpoint's parent, while a bind of the mount itself (plain or rslave) keeps the
+//!   dead one (ENOTCONN).
 
 #[macro_use]
 mod common;
@@ -324,7 +325,7 @@ fn cat_in(pid: u32, path: &Path) -> Result<Vec<u8>, String> {
 /// What `-v /parent:/parent:ro,rslave` (docker's `bind-propagation=rslave`) is for: a
 /// container given a recursive slave bind of the mountpoint's parent sees msbfs
 /// unmounted and mounted again (a restart is a new mount); a container given a bind of
-/// the mount itself keeps the dead one (ENOTCONN). The container is a mount namespace
+/// the mount itself, plain or rslave, keeps the dead one (ENOTCONN). The container is a mount namespace
 /// made by `unshare` in which the binds are made as a runtime makes them (`mount
 /// --rbind` + `--make-rslave`, `mount --bind`); the host's parent is made a shared
 /// mount first (here `/` is private; on a systemd host it is shared already).
@@ -337,7 +338,8 @@ fn a_restart_reaches_a_container_only_through_an_rslave_bind_of_the_parent() {
     let parent = env.root().join("parent");
     let mnt = parent.join("msb");
     let (rslave, plain) = (env.root().join("c-rslave"), env.root().join("c-plain"));
-    for dir in [&mnt, &rslave, &plain] {
+    let mount_rslave = env.root().join("c-mount-rslave");
+    for dir in [&mnt, &rslave, &plain, &mount_rslave] {
         fs::create_dir_all(dir).unwrap();
     }
     mount_cmd(&[Path::new("--bind"), &parent, &parent]);
@@ -349,11 +351,13 @@ fn a_restart_reaches_a_container_only_through_an_rslave_bind_of_the_parent() {
     });
 
     let script = format!(
-        "mount --rbind {p} {r} && mount --make-rslave {r} && mount --bind {m} {c} && echo ready && exec sleep 600",
+        "mount --rbind {p} {r} && mount --make-rslave {r} && mount --bind {m} {c} && \
+         mount --rbind {m} {s} && mount --make-rslave {s} && echo ready && exec sleep 600",
         p = parent.display(),
         r = rslave.display(),
         m = mnt.display(),
-        c = plain.display()
+        c = plain.display(),
+        s = mount_rslave.display(),
     );
     let mut command = Command::new("unshare");
     command.args(["--mount", "--propagation", "slave", "--", "sh", "-c", &script]).stdout(Stdio::piped());
@@ -363,12 +367,17 @@ fn a_restart_reaches_a_container_only_through_an_rslave_bind_of_the_parent() {
     let pid = container.pid();
     let in_rslave = rslave.join("msb/web/merged.log");
     let in_plain = plain.join("web/merged.log");
+    let in_mount_rslave = mount_rslave.join("web/merged.log");
     let host = fs::read(mnt.join("web/merged.log")).unwrap();
-    assert_eq!(cat_in(pid, &in_rslave).as_deref(), Ok(&host[..]));
-    assert_eq!(cat_in(pid, &in_plain).as_deref(), Ok(&host[..]));
+    for path in [&in_rslave, &in_plain, &in_mount_rslave] {
+        assert_eq!(cat_in(pid, path).as_deref(), Ok(&host[..]), "{}", path.display());
+    }
     assert!(mounts_at(&rslave).is_empty() && mounts_at(&plain).is_empty(), "the container's mounts are its own");
 
+    let t = Instant::now();
     first.stop();
+    // The plain binds keep the old connection until the daemon gives up waiting for it.
+    eprintln!("stop with the container's binds of the mount: {:.2} s", t.elapsed().as_secs_f64());
     append_exec(&logs, "stdout", 1, "after the restart\n");
     let second = Mounted::start(&env.home, &mnt, &env.root().join("second.stderr"));
     wait_until(Duration::from_secs(10), "second mount serves", || {
@@ -376,8 +385,10 @@ fn a_restart_reaches_a_container_only_through_an_rslave_bind_of_the_parent() {
     });
     let host = fs::read(mnt.join("web/merged.log")).unwrap();
     assert_eq!(cat_in(pid, &in_rslave).as_deref(), Ok(&host[..]), "the rslave bind sees the new mount");
-    let stale = cat_in(pid, &in_plain).expect_err("the plain bind still holds the old mount");
-    assert!(stale.contains("Transport endpoint is not connected"), "{stale}");
+    for path in [&in_plain, &in_mount_rslave] {
+        let stale = cat_in(pid, path).expect_err("a bind of the mount itself still holds the old one");
+        assert!(stale.contains("Transport endpoint is not connected"), "{}: {stale}", path.display());
+    }
     second.stop();
     drop(container);
 }
