@@ -134,6 +134,24 @@ impl Drop for UnmountOnDrop {
     }
 }
 
+/// Kills the children of a tracer when dropped, then the tracer (its `ChildGuard`):
+/// strace 6.1 detaches its tracees when it is killed instead of killing them.
+struct KillChildrenOnDrop(u32);
+
+impl Drop for KillChildrenOnDrop {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(self.0) {
+                send_signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Spawns `command` with stdin and stdout closed and stderr to `stderr_path`.
 fn spawn(mut command: Command, stderr_path: &Path) -> ChildGuard {
     let stderr = File::options().create(true).append(true).open(stderr_path).unwrap();
@@ -665,6 +683,7 @@ fn the_units_command_line_serves_within_the_units_privileges_and_system_calls() 
     let stderr_path = env.root().join("daemon.stderr");
     let t = Instant::now();
     let mut strace = spawn(command, &stderr_path);
+    let _daemon = KillChildrenOnDrop(strace.pid());
     let stderr = || fs::read_to_string(&stderr_path).unwrap_or_default();
     let note = listener.recv(READY_DEADLINE).unwrap_or_else(|| panic!("no READY=1; stderr:\n{}", stderr()));
     eprintln!("READY=1 under strace {:.3} s after spawn", t.elapsed().as_secs_f64());
