@@ -152,6 +152,26 @@ impl Drop for KillChildrenOnDrop {
     }
 }
 
+/// On a failing test, prints the daemon's log and the end of its system call trace.
+struct ShowOnPanic {
+    stderr: PathBuf,
+    trace: PathBuf,
+}
+
+impl Drop for ShowOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = fs::read_to_string(&self.stderr).unwrap_or_default();
+            let trace = fs::read_to_string(&self.trace).unwrap_or_default();
+            let tail: Vec<&str> = trace.lines().rev().take(80).collect();
+            eprintln!(
+                "daemon log:\n{log}\nlast traced calls:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
 /// Spawns `command` with stdin and stdout closed and stderr to `stderr_path`.
 fn spawn(mut command: Command, stderr_path: &Path) -> ChildGuard {
     let stderr = File::options().create(true).append(true).open(stderr_path).unwrap();
@@ -684,6 +704,7 @@ fn the_units_command_line_serves_within_the_units_privileges_and_system_calls() 
     let t = Instant::now();
     let mut strace = spawn(command, &stderr_path);
     let _daemon = KillChildrenOnDrop(strace.pid());
+    let _show = ShowOnPanic { stderr: stderr_path.clone(), trace: trace.clone() };
     let stderr = || fs::read_to_string(&stderr_path).unwrap_or_default();
     let note = listener.recv(READY_DEADLINE).unwrap_or_else(|| panic!("no READY=1; stderr:\n{}", stderr()));
     eprintln!("READY=1 under strace {:.3} s after spawn", t.elapsed().as_secs_f64());
