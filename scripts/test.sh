@@ -43,10 +43,14 @@ trap 'rm -f "$log"' EXIT
 start=$SECONDS
 status=0
 cargo test "${profile[@]}" --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
+# The Debian package builds, installs and works (cargo-deb is built once, ~2 min).
+package=ok
+bash scripts/check-package.sh 2>&1 | tee -a "$log" || { package=FAILED; status=1; }
 
 echo
 echo "== summary ($((SECONDS - start)) s) =="
 grep -E '^\s+Running |^test result:' "$log" | sed -E 's/^\s+Running /  /' || true
+echo "  Debian package: $package"
 # A mount test without root or /dev/fuse passes after a marker line (tests/common):
 # here that is a failure, since this script is the whole test suite.
 skipped=$(grep -a -o 'msbfs-test SKIPPED: .*' "$log" || true)

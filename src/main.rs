@@ -136,20 +136,18 @@ fn parse_size_arg(text: &str) -> Result<u64, String> {
 }
 
 /// Exit code 2 for usage errors (each problem on a line of its own), 1 for the rest.
+/// In the journal the lines carry the error priority (`<3>`), like the log's.
 fn exit_for(result: Result<(), MountError>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(MountError::Usage(msg)) => {
-            for line in msg.lines() {
-                eprintln!("msbfs: {line}");
-            }
-            ExitCode::from(2)
-        }
-        Err(MountError::Io(e)) => {
-            eprintln!("msbfs: {e}");
-            ExitCode::FAILURE
-        }
+    let prefix = if msbfs::logging::stderr_style() == msbfs::logging::Style::Journal { "<3>" } else { "" };
+    let (message, code) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(MountError::Usage(msg)) => (msg, ExitCode::from(2)),
+        Err(MountError::Io(e)) => (e.to_string(), ExitCode::FAILURE),
+    };
+    for line in message.lines() {
+        eprintln!("{prefix}msbfs: {line}");
     }
+    code
 }
 
 /// The value of extended attribute `name` of `path` (at most 4 KiB).

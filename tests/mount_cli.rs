@@ -239,6 +239,14 @@ fn the_demo_rotates_early_says_so_and_cleans_up() {
     require_mount!();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("msb");
+    /// A demo killed by a failing assertion leaves its mount stale: detach it.
+    struct Detach<'a>(&'a std::path::Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            force_unmount(self.0);
+        }
+    }
+    let _detach = Detach(&mnt);
     let mut demo = ChildGuard::new(
         "msbfs demo",
         Command::new(BIN).arg("demo").arg(&mnt).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),

@@ -367,6 +367,21 @@ fn the_daemon_log_to_the_journal_has_priorities_and_no_timestamps() {
     m.stop();
     let text = fs::read_to_string(&other).unwrap();
     assert!(text.lines().all(|l| l.as_bytes()[..4].iter().all(u8::is_ascii_digit)), "{text}");
+
+    // The last words of a failed start are errors in the journal too.
+    let failed = Command::new(BIN)
+        .arg("mount")
+        .arg(env.root().join("no-such-mountpoint"))
+        .arg("--home")
+        .arg(&env.home)
+        .env("JOURNAL_STREAM", &stream)
+        .stderr(File::options().append(true).open(&stderr_path).unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(failed.code(), Some(2));
+    let text = fs::read_to_string(&stderr_path).unwrap();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("<3>msbfs: mountpoint ") && last.contains("No such file"), "{last}");
 }
 
 // ---------------------------------------------------------------------------
