@@ -183,6 +183,15 @@ fn read_and_follow(env: &Env, logs: &Path, runner: Runner) {
     // busybox tail -f, in its own process group as a shell job in a terminal is.
     let mut command = runner.command(&logs_bind, &["/bin/busybox", "tail", "-n", "+1", "-f", "/logs/web/merged.log"]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // A job started from a terminal takes Ctrl-C; one inherited from a background job
+    // of a non-interactive shell (a test loop, some CI runners) has SIGINT ignored.
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut tail = ChildGuard::new("bwrap tail -f", command.spawn().expect("bwrap"));
     let lines = Lines::new(tail.child().stdout.take().unwrap());
     assert!(lines.next(Duration::from_secs(10), "first line").ends_with("stdout[1] hello from the host"));
