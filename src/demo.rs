@@ -90,9 +90,7 @@ fn divert_stderr(log: &Path) -> std::io::Result<OwnedFd> {
 /// one on `$PATH`, else its path (relative to here when below it).
 fn program() -> String {
     let Ok(exe) = std::env::current_exe() else { return "msbfs".into() };
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("msbfs").canonicalize().ok() == Some(exe.clone())));
-    if on_path {
+    if crate::mounter::find_program("msbfs").and_then(|p| p.canonicalize().ok()) == exe.canonicalize().ok() {
         return "msbfs".into();
     }
     let here = std::env::current_dir().ok();
@@ -111,7 +109,7 @@ fn print_welcome(mountpoint: &Path, home: &Path, daemon_log: &Path) {
     println!("  less +F {f}                  (Ctrl-C stops following, q quits)");
     println!("  grep -c stderr {f}");
     println!("  {} cursor decode {f}   (where a reader would resume)", program());
-    if which("getfattr") {
+    if crate::mounter::find_program("getfattr").is_some() {
         println!("  getfattr -n user.cursor {f}");
     } else {
         println!("  getfattr -n user.cursor {f}   (needs the attr package: apt install attr)");
@@ -120,10 +118,6 @@ fn print_welcome(mountpoint: &Path, home: &Path, daemon_log: &Path) {
     println!("Every {}s a burst of {BURST_LINES} lines rotates exec.log; tail -f sees no gap.", BURST_EVERY.as_secs());
     println!("The daemon's own log: {}. Ctrl-C here unmounts and removes everything.", daemon_log.display());
     println!();
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Writes [`STEADY_RATE`] lines a second with a burst every [`BURST_EVERY`], and says

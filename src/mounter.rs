@@ -39,11 +39,17 @@ fn allows_other(text: &str) -> bool {
     text.lines().any(|line| line.split('#').next().unwrap_or_default().trim() == "user_allow_other")
 }
 
-/// The first `fusermount3` (or `fusermount`) on `$PATH` or in the usual places.
-fn fusermount() -> Option<PathBuf> {
+/// The program `name` in a directory of `$PATH`, else in `/usr/bin` or `/bin` (where
+/// a setuid helper lives even when `$PATH` is bare).
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path).chain(["/usr/bin".into(), "/bin".into()]).collect();
-    FUSERMOUNT.iter().flat_map(|name| dirs.iter().map(move |d| d.join(name))).find(|p| p.is_file())
+    let mut dirs = std::env::split_paths(&path).chain(["/usr/bin".into(), "/bin".into()]);
+    dirs.find_map(|dir| Some(dir.join(name)).filter(|p| p.is_file()))
+}
+
+/// The first `fusermount3` (or `fusermount`) found by [`find_program`].
+fn fusermount() -> Option<PathBuf> {
+    FUSERMOUNT.iter().find_map(|name| find_program(name))
 }
 
 /// Mounts msbfs read-only on `mountpoint` and returns the `/dev/fuse` descriptor that

@@ -99,6 +99,14 @@ fn a_live_mount_is_not_stacked_over_and_msbfs_unmount_ends_it() {
     let st = m.wait_exit(Duration::from_secs(10)).expect("the daemon exits after an unmount");
     assert!(st.success(), "{st}:\n{}", m.stderr());
     assert!(mounts_at(&env.mnt).is_empty());
+
+    // Asked with --nonempty, it mounts over what is there, and leaves it be.
+    File::create(env.mnt.join("hidden")).unwrap();
+    let m = env.mount_with(&["--nonempty"]);
+    let names: Vec<_> = fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["box"]);
+    m.stop();
+    assert!(env.mnt.join("hidden").exists());
 }
 
 /// Case 13: A mountpoint left stale by a SIGKILLed daemon is detached and reused.

@@ -27,32 +27,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use msbfs::simulate::{SimConfig, Simulator};
+use msbfs::simulate::Simulator;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const DEADLINE: Duration = Duration::from_secs(60);
+/// The simulated producers rotate `exec.log` and `runtime.log` every 64 KiB (about 330
+/// exec lines).
+const ROTATE: u64 = 64 << 10;
 /// The exec session id of the lines [`append_extras`] writes (not one of the simulator's).
 const EXTRA_ID: u64 = 99_999;
 
 // ---------------------------------------------------------------------------
 // Producer
-
-/// A library simulator for sandbox `name`, rotating exec.log and runtime.log every
-/// 64 KiB (about 330 exec lines).
-fn simulator(env: &Env, name: &str, seed: u64) -> Simulator {
-    let mut cfg = SimConfig::new(&env.home, name);
-    cfg.rotate_bytes = 64 << 10;
-    cfg.seed = seed;
-    cfg.lines = 0;
-    Simulator::new(cfg).unwrap()
-}
-
-fn steps(sim: &mut Simulator, n: u64) {
-    for _ in 0..n {
-        sim.step().unwrap();
-    }
-    sim.finish().unwrap();
-}
 
 /// Lines the simulator does not write: a tab, quotes and a backslash, a line longer than
 /// 64 KiB (two lines in merged.log), and 70,000 control characters (a first line of
@@ -324,7 +310,7 @@ fn rsyslog_imfile_ships_every_line_once_across_a_restart() {
     let env = Env::new();
     let _strays = Strays(env.root());
     let (logs, merged) = (env.logs_dir("rs"), env.merged("rs"));
-    let mut sim = simulator(&env, "rs", 41);
+    let mut sim = simulator(&env, "rs", ROTATE, 41);
     steps(&mut sim, 700);
     append_extras(&logs, 0);
     let m = env.mount();
@@ -453,7 +439,7 @@ fn syslog_ng_file_source_ships_every_line_once_across_restarts() {
     let env = Env::new();
     let _strays = Strays(env.root());
     let (logs, merged) = (env.logs_dir("sng"), env.merged("sng"));
-    let mut sim = simulator(&env, "sng", 42);
+    let mut sim = simulator(&env, "sng", ROTATE, 42);
     steps(&mut sim, 700);
     append_extras(&logs, 0);
     let m = env.mount();
@@ -532,7 +518,7 @@ fn python_shipper_ships_every_line_once_across_kills_and_a_restart() {
     let env = Env::new();
     let _strays = Strays(env.root());
     let (logs, merged) = (env.logs_dir("py"), env.merged("py"));
-    let mut sim = simulator(&env, "py", 43);
+    let mut sim = simulator(&env, "py", ROTATE, 43);
     steps(&mut sim, 700);
     append_extras(&logs, 0);
     let m = env.mount();
@@ -712,7 +698,7 @@ fn lnav_format_recognises_every_line_with_time_and_level() {
     fs::write(known.join("kernel.log"), "[    0.000000] Linux version 6.1.0\n[    0.250000] console up\n").unwrap();
     // A simulated history: every kind of line, many times, with rotations.
     let sim_logs = env.logs_dir("sim");
-    let mut sim = simulator(&env, "sim", 44);
+    let mut sim = simulator(&env, "sim", ROTATE, 44);
     steps(&mut sim, 1500);
 
     let _m = env.mount();
@@ -792,44 +778,6 @@ fn lnav_format_recognises_every_line_with_time_and_level() {
 // ---------------------------------------------------------------------------
 // multitail
 
-/// tmux on a private socket, killed on drop (from tests/mount_tools.rs).
-struct Tmux {
-    sock: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.env("TERM", "xterm-256color").args(["-f", "/dev/null", "-L", &self.sock]);
-        c
-    }
-    fn capture(&self) -> String {
-        let out = self.cmd().args(["capture-pane", "-p", "-t", "t"]).output().expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    /// Polls the screen until `shown` holds; on a timeout the panic shows the screen.
-    fn wait_for_screen(&self, deadline: Duration, what: &str, shown: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if shown(&screen) {
-                return;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "timed out after {deadline:?} waiting for: {what}; the screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
-    }
-}
-
 /// multitail shows merged.log and every line appended to it, also after a producer
 /// rotation.
 #[test]
@@ -838,7 +786,7 @@ fn multitail_follows() {
     let env = Env::new();
     let _strays = Strays(env.root());
     let logs = env.logs_dir("mt");
-    let mut sim = simulator(&env, "mt", 45);
+    let mut sim = simulator(&env, "mt", ROTATE, 45);
     steps(&mut sim, 200);
     append_exec(&logs, "stdout", 5, "MT-BEFORE-1d7e\n");
     let m = env.mount();
@@ -847,7 +795,7 @@ fn multitail_follows() {
 
     let home = env.root().join("mt-home");
     fs::create_dir_all(&home).unwrap();
-    let tmux = Tmux { sock: format!("msbfs-it-mt-{}", std::process::id()) };
+    let tmux = Tmux::new("multitail");
     let st = tmux
         .cmd()
         .env("HOME", &home)

@@ -18,23 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use msbfs::simulate::{SimConfig, Simulator};
-
-/// A library simulator writing sandbox `name` of `env`, rotating at `rotate` bytes.
-fn simulator(env: &Env, name: &str, rotate: u64, seed: u64) -> Simulator {
-    let mut cfg = SimConfig::new(&env.home, name);
-    cfg.rotate_bytes = rotate;
-    cfg.seed = seed;
-    cfg.lines = 0;
-    Simulator::new(cfg).unwrap()
-}
-
-fn steps(sim: &mut Simulator, n: u64) {
-    for _ in 0..n {
-        sim.step().unwrap();
-    }
-    sim.finish().unwrap();
-}
 
 /// The one epoch directory of the state of `env`.
 fn epoch_dir(env: &Env) -> PathBuf {

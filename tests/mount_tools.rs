@@ -149,45 +149,6 @@ fn busybox_tail_of_an_idle_and_a_live_file() {
     assert!(tail.is_running());
 }
 
-struct Tmux {
-    sock: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.env("TERM", "xterm-256color").args(["-f", "/dev/null", "-L", &self.sock]);
-        c
-    }
-    fn capture(&self) -> String {
-        String::from_utf8_lossy(&sh(self.cmd().args(["capture-pane", "-p", "-t", "t"])).stdout).into_owned()
-    }
-    fn alive(&self) -> bool {
-        sh(self.cmd().args(["has-session", "-t", "t"])).status.success()
-    }
-    /// Polls the screen until `shown` holds; on a timeout the panic shows the screen.
-    fn wait_for_screen(&self, deadline: Duration, what: &str, shown: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if shown(&screen) {
-                return;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "timed out after {deadline:?} waiting for: {what}; the screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
-    }
-}
-
 /// Case 4: less +F under tmux: follows, Ctrl-C stops following, q quits.
 #[test]
 fn less_follow_mode_under_tmux() {
@@ -199,8 +160,7 @@ fn less_follow_mode_under_tmux() {
     let merged = env.merged("lessbox");
     wait_caught_up(&logs, &merged, Duration::from_secs(10));
 
-    let sock = format!("msbfs-it-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
-    let tmux = Tmux { sock };
+    let tmux = Tmux::new("less");
     let st = sh(tmux
         .cmd()
         .args(["new-session", "-d", "-s", "t", "-x", "200", "-y", "50"])

@@ -42,7 +42,8 @@ fn give_to_user(env: &Env) {
     assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// `msbfs mount` run by [`USER`], with `args`.
+/// `msbfs mount` run by [`USER`], with `args`, once the user can list the mount (root
+/// cannot tell a live mount of another user from a stale one: both refuse it).
 fn mount_as_user(env: &Env, args: &[&str]) -> Mounted {
     let mut command = Mounted::command(
         &["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups"],
@@ -53,7 +54,11 @@ fn mount_as_user(env: &Env, args: &[&str]) -> Mounted {
         &[],
     );
     command.env("HOME", env.root());
-    Mounted::launch(command, &env.mnt, &env.root().join("msbfs-mount.stderr"))
+    let m = Mounted::launch(command, &env.mnt, &env.root().join("msbfs-mount.stderr"));
+    wait_until(Duration::from_secs(10), "the user lists the mount", || {
+        as_user("ls").arg(&env.mnt).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    m
 }
 
 fn read_as_user(path: &Path) -> Vec<u8> {
@@ -177,4 +182,28 @@ fn a_source_the_daemon_may_not_read_is_a_warning_naming_it() {
         );
     }
     m.stop();
+}
+
+#[test]
+fn a_stale_mount_of_the_user_is_detached_by_the_next_mount() {
+    require_mount!();
+    let env = Env::new();
+    let logs = env.logs_dir("box");
+    append_exec(&logs, "stdout", 1, "BEFORE-THE-CRASH\n");
+    give_to_user(&env);
+    let mut first = mount_as_user(&env, &[]);
+    first.kill9();
+    wait_until(Duration::from_secs(5), "the user's mount is stale", || {
+        as_user("ls")
+            .arg(&env.mnt)
+            .stderr(Stdio::piped())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("Transport endpoint is not connected"))
+    });
+    let second = mount_as_user(&env, &[]);
+    assert_eq!(mounts_at(&env.mnt).len(), 1, "the stale mount was detached (fusermount3 -uz), one live mount");
+    let merged = env.merged("box");
+    wait_until(Duration::from_secs(10), "served again", || contains(&read_as_user(&merged), b"BEFORE-THE-CRASH"));
+    assert!(second.stderr().contains("stale mount"), "{}", second.stderr());
+    second.stop();
 }

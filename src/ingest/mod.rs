@@ -169,7 +169,7 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
         listed: None,
     };
     ingest.refresh_context();
-    if ingest.rescan(true) {
+    if ingest.rescan() {
         // Saved state of sandboxes that no longer exist is removed.
         for (name, saved) in std::mem::take(&mut ingest.saved) {
             tracing::info!(sandbox = ?name, "removing the saved state of a sandbox that no longer exists");
@@ -304,7 +304,7 @@ impl Ingest {
             }
             if rescan || last_tick.elapsed() >= FALLBACK_POLL {
                 self.refresh_context();
-                self.rescan(rescan);
+                self.rescan();
                 self.sweep();
                 last_tick = Instant::now();
             }
@@ -351,14 +351,13 @@ impl Ingest {
     /// Lists `sandboxes/`: starts the sandboxes not seen before, and ends the ones
     /// missing whose directory is confirmed gone. Live sandboxes still listed are not
     /// probed (inotify names the ones that change, and [`Ingest::sweep`] checks them
-    /// all in turn). `force` (events were lost) lists even an unchanged directory and
-    /// looks at every waiting sandbox again. Returns false when the listing failed:
-    /// nothing changes then.
-    fn rescan(&mut self, force: bool) -> bool {
+    /// all in turn, waiting ones too). Returns false when the listing failed: nothing
+    /// changes then.
+    fn rescan(&mut self) -> bool {
         // Unchanged since a listing that came well after its last change: nothing to do
         // (the entries of a directory cannot change without its mtime changing).
         let stamp = std::fs::symlink_metadata(&self.sandboxes).ok().and_then(|m| Some((m.ino(), m.modified().ok()?)));
-        if let (Some(now), Some((then, listed_at)), false) = (stamp, self.listed, force) {
+        if let (Some(now), Some((then, listed_at))) = (stamp, self.listed) {
             if now == then && listed_at > now.1 + LISTING_SETTLES {
                 return true;
             }
@@ -397,7 +396,7 @@ impl Ingest {
             while let Some(gone) = live.next_if(|l| *l < name) {
                 missing.push(gone.clone());
             }
-            if live.next_if(|l| *l == name).is_none() && (force || !self.waiting.contains(name)) {
+            if live.next_if(|l| *l == name).is_none() && !self.waiting.contains(name) {
                 fresh.push(name.clone());
             }
         }

@@ -494,6 +494,55 @@ impl Drop for Mounted {
 }
 
 // ---------------------------------------------------------------------------
+// tmux
+
+/// A tmux server on a socket of this test process (`tag` tells tests apart), with one
+/// session `t` started by the test; killed on drop.
+pub struct Tmux {
+    sock: String,
+}
+
+impl Tmux {
+    pub fn new(tag: &str) -> Tmux {
+        Tmux { sock: format!("msbfs-it-{tag}-{}", std::process::id()) }
+    }
+    /// `tmux` on this server, in a terminal every tool knows.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.env("TERM", "xterm-256color").args(["-f", "/dev/null", "-L", &self.sock]);
+        c
+    }
+    pub fn capture(&self) -> String {
+        let out = self.cmd().args(["capture-pane", "-p", "-t", "t"]).output().expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    pub fn alive(&self) -> bool {
+        self.cmd().args(["has-session", "-t", "t"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+    /// Polls the screen until `shown` holds; on a timeout the panic shows the screen.
+    pub fn wait_for_screen(&self, deadline: Duration, what: &str, shown: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if shown(&screen) {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for: {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Simulator
 
 /// The simulator's summary (the JSON line it prints, or the library struct).
@@ -594,6 +643,24 @@ impl Sim {
         }
         msbfs::simulate::run(cfg, &AtomicBool::new(false)).expect("simulate")
     }
+}
+
+/// A library simulator writing sandbox `name` of `env` step by step ([`steps`]),
+/// rotating `exec.log` and `runtime.log` at `rotate` bytes.
+pub fn simulator(env: &Env, name: &str, rotate: u64, seed: u64) -> msbfs::simulate::Simulator {
+    let mut cfg = msbfs::simulate::SimConfig::new(&env.home, name);
+    cfg.rotate_bytes = rotate;
+    cfg.seed = seed;
+    cfg.lines = 0;
+    msbfs::simulate::Simulator::new(cfg).unwrap()
+}
+
+/// `n` more logical lines of `sim`, then everything it holds back written out.
+pub fn steps(sim: &mut msbfs::simulate::Simulator, n: u64) {
+    for _ in 0..n {
+        sim.step().unwrap();
+    }
+    sim.finish().unwrap();
 }
 
 /// Waits (deadline) for a spawned simulator and parses its summary.
