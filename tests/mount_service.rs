@@ -88,13 +88,19 @@ impl Listener {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: recvmsg into the buffers above.
-        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
+        let n = loop {
+            // SAFETY: recvmsg into the buffers above.
+            let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, 0) };
+            if n >= 0 {
+                break n;
+            }
             let e = std::io::Error::last_os_error();
-            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "recvmsg: {e}");
-            return None;
-        }
+            // A signal to the test process (a child's end) interrupts the wait: wait on.
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "recvmsg: {e}");
+                return None;
+            }
+        };
         let mut pid = 0;
         // SAFETY: walking the control messages the kernel wrote into `control`.
         unsafe {

@@ -42,8 +42,9 @@ fn give_to_user(env: &Env) {
     assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// `msbfs mount` run by [`USER`], with `args`, once the user can list the mount (root
-/// cannot tell a live mount of another user from a stale one: both refuse it).
+/// `msbfs mount` run by [`USER`], with `args`, once the user sees a sandbox in it.
+/// Root cannot tell a live mount of another user from a stale one (both refuse it),
+/// and between the detach of a stale mount and the new mount the bare directory lists.
 fn mount_as_user(env: &Env, args: &[&str]) -> Mounted {
     let mut command = Mounted::command(
         &["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups"],
@@ -55,8 +56,12 @@ fn mount_as_user(env: &Env, args: &[&str]) -> Mounted {
     );
     command.env("HOME", env.root());
     let m = Mounted::launch(command, &env.mnt, &env.root().join("msbfs-mount.stderr"));
-    wait_until(Duration::from_secs(10), "the user lists the mount", || {
-        as_user("ls").arg(&env.mnt).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    wait_until(Duration::from_secs(10), "the user sees a sandbox in the mount", || {
+        as_user("ls")
+            .arg(&env.mnt)
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
     });
     m
 }
