@@ -78,7 +78,8 @@ fn main() {
     let mut appended = 0u64;
     while appended < size {
         let cut = msbfs::store::Cut { out: appended, payload_at: 0, boundary: true };
-        let commit = msbfs::store::Commit { bytes: &chunk, payload: b"p", cuts: &[cut], ts_range: Some((0, 1)) };
+        let commit =
+            msbfs::store::Commit { bytes: &chunk, payload: b"p", extra: &[], cuts: &[cut], ts_range: Some((0, 1)) };
         epoch.append(&commit).expect("append");
         appended += chunk.len() as u64;
     }

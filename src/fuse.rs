@@ -42,6 +42,8 @@ pub fn errno(err: FsError) -> Errno {
         FsError::BufferTooSmall => Errno::ERANGE,
         FsError::NotTty => Errno::ENOTTY,
         FsError::Unsupported => Errno::ENOSYS,
+        FsError::Invalid => Errno::EINVAL,
+        FsError::Stale => Errno::ESTALE,
     }
 }
 

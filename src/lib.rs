@@ -26,3 +26,4 @@ pub mod source;
 pub mod store;
 pub mod time;
 pub mod timeline;
+pub mod view;

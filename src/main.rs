@@ -169,16 +169,16 @@ fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 fn cursor_decode(arg: &str) -> Result<(), MountError> {
     let path = Path::new(arg);
     let text = if path.exists() {
-        let value = read_xattr(path, msbfs::fs::cursor::CURSOR_XATTR)
+        let value = read_xattr(path, msbfs::timeline::cursor::CURSOR_XATTR)
             .map_err(|e| MountError::Usage(format!("{arg}: cannot read user.cursor: {e}")))?;
         String::from_utf8_lossy(&value).into_owned()
     } else {
         arg.to_string()
     };
-    let positions = msbfs::fs::cursor::decode(&text)
+    let positions = msbfs::timeline::cursor::decode(&text)
         .ok_or_else(|| MountError::Usage(format!("{arg:?} is neither a cursor nor a file")))?;
     println!("cursor       {}", text.trim());
-    print!("{}", msbfs::fs::cursor::describe(&positions));
+    print!("{}", msbfs::timeline::cursor::describe(&positions));
     Ok(())
 }
 

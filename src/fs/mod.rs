@@ -3,14 +3,16 @@
 //! translates.
 //!
 //! Layout: the root (inode 1) holds one directory per sandbox, each holding
-//! `merged.log`. Inode numbers come from the epoch's block in the store, so they are
-//! the same after a restart, and a sandbox recreated under the same name (a new epoch)
-//! is a new file with offsets from 0. Every handle reads the same bytes at the same
-//! offsets: a read is a read of the store.
+//! `merged.log`, its views ([`crate::view`]: `merged.jsonl`, `program.log`, one file
+//! per source) and `sessions/<id>.log`. Inode numbers come from the epoch's block in
+//! the store (the directory at its base, then fixed offsets; sessions in order of
+//! appearance), so they are the same after a restart, and a sandbox recreated under
+//! the same name (a new epoch) is new files with offsets from 0. Every handle reads
+//! the same bytes at the same offsets: a read is a read of the store.
 
 pub mod ceiling;
-pub mod cursor;
 pub mod follow;
+pub mod xattr;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +22,10 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::ingest::Catalog;
+use crate::store::INODE_BLOCK;
 use crate::time::now_ms;
 use crate::timeline::Timeline;
+use crate::view::{EpochViews, TextView, View};
 use follow::{EofStreak, Follow, Parked};
 
 /// Inode number of the root directory.
@@ -55,6 +59,10 @@ pub enum FsError {
     NotTty,
     /// Not implemented, so the kernel does it itself (ENOSYS: `poll`, `lseek`).
     Unsupported,
+    /// A malformed argument, such as a cursor that is not one (EINVAL).
+    Invalid,
+    /// A cursor of another epoch or of a generation no longer known (ESTALE).
+    Stale,
 }
 
 /// What a node is.
@@ -112,17 +120,101 @@ pub trait ReadReply: Send {
 pub struct SandboxNode {
     /// Sandbox name (directory name).
     pub name: String,
-    /// Inode of the sandbox directory.
+    /// Inode of the sandbox directory, the base of the epoch's block.
     pub dir_ino: u64,
     /// Inode of its `merged.log`.
     pub file_ino: u64,
     /// The merged stream.
     pub timeline: Arc<Timeline>,
+    /// Its views; `None` when their indexes could not be opened (only `merged.log`).
+    pub views: Option<Arc<EpochViews>>,
 }
 
-/// An open `merged.log`.
+/// Inode offsets inside an epoch's block.
+const MERGED_REL: u64 = 1;
+const JSONL_REL: u64 = 2;
+const FIXED_REL: u64 = 3;
+const SESSIONS_REL: u64 = 10;
+const SESSION_REL: u64 = 64;
+
+/// What an inode of a sandbox's block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Dir,
+    Sessions,
+    File(View),
+}
+
+impl SandboxNode {
+    fn place(&self, ino: u64) -> Option<Place> {
+        let rel = ino.checked_sub(self.dir_ino)?;
+        let has_views = self.views.is_some();
+        match rel {
+            0 => Some(Place::Dir),
+            MERGED_REL => Some(Place::File(View::Merged)),
+            JSONL_REL if has_views => Some(Place::File(View::Jsonl)),
+            r if has_views && (FIXED_REL..FIXED_REL + 7).contains(&r) => {
+                Some(Place::File(View::Text(TextView::FIXED[(r - FIXED_REL) as usize])))
+            }
+            SESSIONS_REL if has_views => Some(Place::Sessions),
+            r if r >= SESSION_REL => {
+                let number = r - SESSION_REL;
+                let views = self.views.as_ref()?;
+                let id = views.sessions().into_iter().find(|(_, n)| *n == number)?.0;
+                Some(Place::File(View::Text(TextView::Session(id))))
+            }
+            _ => None,
+        }
+    }
+
+    fn ino_of(&self, place: Place) -> u64 {
+        self.dir_ino
+            + match place {
+                Place::Dir => 0,
+                Place::Sessions => SESSIONS_REL,
+                Place::File(View::Merged) => MERGED_REL,
+                Place::File(View::Jsonl) => JSONL_REL,
+                Place::File(View::Text(TextView::Session(id))) => {
+                    let sessions = self.views.as_ref().map(|v| v.sessions()).unwrap_or_default();
+                    SESSION_REL + sessions.iter().find(|(i, _)| *i == id).map_or(0, |(_, n)| *n)
+                }
+                Place::File(View::Text(v)) => {
+                    FIXED_REL + TextView::FIXED.iter().position(|f| *f == v).unwrap_or(0) as u64
+                }
+            }
+    }
+
+    /// The files of the sandbox directory, in listing order.
+    fn files(&self) -> Vec<(String, View)> {
+        let mut out = vec![(MERGED_NAME.to_string(), View::Merged)];
+        if self.views.is_some() {
+            out.push(("merged.jsonl".into(), View::Jsonl));
+            out.extend(TextView::FIXED.iter().map(|v| (v.file_name(), View::Text(*v))));
+        }
+        out
+    }
+
+    /// Bytes in `view`; only grows.
+    pub fn size(&self, view: View) -> u64 {
+        match &self.views {
+            Some(views) => views.size(view),
+            None => self.timeline.size(),
+        }
+    }
+
+    /// Reads up to `max` bytes of `view` at `offset`.
+    pub fn read(&self, view: View, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        match &self.views {
+            Some(views) => views.read(view, offset, max),
+            None => self.timeline.read(offset, max),
+        }
+    }
+}
+
+/// An open file of a sandbox.
 struct Handle {
     node: Arc<SandboxNode>,
+    view: View,
     nonblock: bool,
     /// End-of-file answers since the last data: when a read at the end parks.
     eofs: EofStreak,
@@ -139,7 +231,8 @@ enum Attempt {
 #[derive(Default)]
 struct Nodes {
     by_name: BTreeMap<String, Arc<SandboxNode>>,
-    by_ino: HashMap<u64, Arc<SandboxNode>>,
+    /// By the base of their inode block.
+    by_block: HashMap<u64, Arc<SandboxNode>>,
 }
 
 /// The filesystem model.
@@ -213,10 +306,10 @@ impl Fs {
         }
     }
 
-    fn dir_attr(node: &SandboxNode) -> Attr {
+    fn dir_attr(node: &SandboxNode, ino: u64) -> Attr {
         let meta = node.timeline.meta();
         Attr {
-            ino: node.dir_ino,
+            ino,
             kind: NodeKind::Dir,
             size: 0,
             perm: 0o555,
@@ -227,12 +320,14 @@ impl Fs {
         }
     }
 
-    fn file_attr(node: &SandboxNode, size: u64) -> Attr {
+    /// A view's attributes: the owner and mode of `merged.log` (never more open than
+    /// any source: a view renders from a subset of its files).
+    fn file_attr(node: &SandboxNode, view: View) -> Attr {
         let meta = node.timeline.meta();
         Attr {
-            ino: node.file_ino,
+            ino: node.ino_of(Place::File(view)),
             kind: NodeKind::File,
-            size,
+            size: node.size(view),
             perm: meta.mode,
             nlink: 1,
             uid: meta.uid,
@@ -241,8 +336,18 @@ impl Fs {
         }
     }
 
-    fn node(&self, ino: u64) -> Option<Arc<SandboxNode>> {
-        self.nodes.read().by_ino.get(&ino).cloned()
+    fn attr_of(node: &SandboxNode, ino: u64, place: Place) -> Attr {
+        match place {
+            Place::Dir | Place::Sessions => Self::dir_attr(node, ino),
+            Place::File(view) => Self::file_attr(node, view),
+        }
+    }
+
+    /// The sandbox whose block holds `ino`, and what `ino` is in it.
+    fn node(&self, ino: u64) -> Option<(Arc<SandboxNode>, Place)> {
+        let node = self.nodes.read().by_block.get(&(ino / INODE_BLOCK * INODE_BLOCK)).cloned()?;
+        let place = node.place(ino)?;
+        Some((node, place))
     }
 
     /// Looks up `name` in directory `parent`.
@@ -252,16 +357,24 @@ impl Fs {
                 return Ok(self.ceiling_attr(size));
             }
             let node = self.nodes.read().by_name.get(name).cloned().ok_or(FsError::NotFound)?;
-            return Ok(Self::dir_attr(&node));
+            return Ok(Self::dir_attr(&node, node.dir_ino));
         }
-        let node = self.node(parent).ok_or(FsError::NotFound)?;
-        if parent != node.dir_ino {
-            return Err(FsError::NotDir);
-        }
-        if name == MERGED_NAME {
-            Ok(Self::file_attr(&node, node.timeline.size()))
-        } else {
-            Err(FsError::NotFound)
+        let (node, place) = self.node(parent).ok_or(FsError::NotFound)?;
+        match place {
+            Place::File(_) => Err(FsError::NotDir),
+            Place::Dir if name == "sessions" && node.views.is_some() => {
+                Ok(Self::dir_attr(&node, node.ino_of(Place::Sessions)))
+            }
+            Place::Dir => {
+                let (_, view) = node.files().into_iter().find(|(n, _)| n == name).ok_or(FsError::NotFound)?;
+                Ok(Self::file_attr(&node, view))
+            }
+            Place::Sessions => {
+                let id: u64 = name.strip_suffix(".log").and_then(|n| n.parse().ok()).ok_or(FsError::NotFound)?;
+                let views = node.views.as_ref().ok_or(FsError::NotFound)?;
+                views.sessions().iter().find(|(i, _)| *i == id).ok_or(FsError::NotFound)?;
+                Ok(Self::file_attr(&node, View::Text(TextView::Session(id))))
+            }
         }
     }
 
@@ -273,21 +386,17 @@ impl Fs {
         if let (Some(size), ceiling::INO) = (self.ceiling, ino) {
             return Ok(self.ceiling_attr(size));
         }
-        let node = self.node(ino).ok_or(FsError::NotFound)?;
-        if ino == node.dir_ino {
-            Ok(Self::dir_attr(&node))
-        } else {
-            Ok(Self::file_attr(&node, node.timeline.size()))
-        }
+        let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
+        Ok(Self::attr_of(&node, ino, place))
     }
 
     /// Entries of directory `ino`, including `.` and `..`.
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let dot = |ino| DirEntry { ino, kind: NodeKind::Dir, name: ".".into() };
-        let dotdot = DirEntry { ino: ROOT_INO, kind: NodeKind::Dir, name: "..".into() };
+        let dotdot = |ino| DirEntry { ino, kind: NodeKind::Dir, name: "..".into() };
         if ino == ROOT_INO {
             let nodes = self.nodes.read();
-            let mut out = vec![dot(ROOT_INO), dotdot];
+            let mut out = vec![dot(ROOT_INO), dotdot(ROOT_INO)];
             out.extend(nodes.by_name.values().map(|n| DirEntry {
                 ino: n.dir_ino,
                 kind: NodeKind::Dir,
@@ -298,11 +407,34 @@ impl Fs {
             }
             return Ok(out);
         }
-        let node = self.node(ino).ok_or(FsError::NotFound)?;
-        if ino != node.dir_ino {
-            return Err(FsError::NotDir);
+        let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
+        let file =
+            |name: String, view: View| DirEntry { ino: node.ino_of(Place::File(view)), kind: NodeKind::File, name };
+        match place {
+            Place::File(_) => Err(FsError::NotDir),
+            Place::Dir => {
+                let mut out = vec![dot(ino), dotdot(ROOT_INO)];
+                out.extend(node.files().into_iter().map(|(name, view)| file(name, view)));
+                if node.views.is_some() {
+                    out.push(DirEntry {
+                        ino: node.ino_of(Place::Sessions),
+                        kind: NodeKind::Dir,
+                        name: "sessions".into(),
+                    });
+                }
+                Ok(out)
+            }
+            Place::Sessions => {
+                let mut out = vec![dot(ino), dotdot(node.dir_ino)];
+                let sessions = node.views.as_ref().map(|v| v.sessions()).unwrap_or_default();
+                out.extend(sessions.into_iter().map(|(id, n)| DirEntry {
+                    ino: node.dir_ino + SESSION_REL + n,
+                    kind: NodeKind::File,
+                    name: TextView::Session(id).file_name(),
+                }));
+                Ok(out)
+            }
         }
-        Ok(vec![dot(ino), dotdot, DirEntry { ino: node.file_ino, kind: NodeKind::File, name: MERGED_NAME.into() }])
     }
 
     /// Checks that `ino` is a directory that can be listed.
@@ -321,12 +453,10 @@ impl Fs {
         if self.ceiling.is_some() && ino == ceiling::INO {
             return Ok(ceiling::FH);
         }
-        let node = self.node(ino).ok_or(FsError::NotFound)?;
-        if ino != node.file_ino {
-            return Err(FsError::IsDir);
-        }
+        let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
+        let Place::File(view) = place else { return Err(FsError::IsDir) };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { node, nonblock: flags & libc::O_NONBLOCK != 0, eofs: EofStreak::default() };
+        let handle = Handle { node, view, nonblock: flags & libc::O_NONBLOCK != 0, eofs: EofStreak::default() };
         self.handles.write().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
@@ -366,7 +496,7 @@ impl Fs {
     /// One read attempt on a locked handle. `arrived` is when a new read arrived, `None`
     /// when a parked read is retried (it does not count as another end-of-file read).
     fn attempt(h: &mut Handle, offset: u64, size: u32, arrived: Option<Instant>) -> Attempt {
-        let out = match h.node.timeline.read(offset, size as usize) {
+        let out = match h.node.read(h.view, offset, size as usize) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(sandbox = ?h.node.name, offset, "cannot read the store: {e}");
@@ -412,22 +542,18 @@ impl Fs {
         self.follow.parked_count()
     }
 
-    /// Value of xattr `name` of `ino`.
+    /// Value of xattr `name` of `ino` ([`xattr`]).
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         self.getattr(ino)?;
-        let node = self.node(ino).filter(|n| n.file_ino == ino).ok_or(FsError::NoAttr)?;
-        if name != cursor::CURSOR_XATTR {
-            return Err(FsError::NoAttr);
-        }
-        let (sources, size) = node.timeline.cursor();
-        Ok(cursor::encode(&sources, node.timeline.epoch(), size).into_bytes())
+        let Some((node, Place::File(view))) = self.node(ino) else { return Err(FsError::NoAttr) };
+        xattr::get(&node, view, name)
     }
 
     /// NUL-separated xattr names of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         self.getattr(ino)?;
         match self.node(ino) {
-            Some(node) if node.file_ino == ino => Ok(format!("{}\0", cursor::CURSOR_XATTR).into_bytes()),
+            Some((_, Place::File(_))) => Ok(format!("{}\0", xattr::CURSOR).into_bytes()),
             _ => Ok(Vec::new()),
         }
     }
@@ -441,33 +567,47 @@ impl Fs {
 impl Catalog for Fs {
     fn sandbox_added(&self, name: &str, timeline: Arc<Timeline>) {
         let dir_ino = timeline.ino_base();
+        let views = match EpochViews::open(timeline.store().clone()) {
+            Ok(views) => {
+                let observer = views.clone();
+                timeline.set_observer(Arc::new(move |c| observer.on_commit(c)));
+                Some(views)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = ?name, "cannot open the views (only merged.log is shown): {e}");
+                None
+            }
+        };
         let node = Arc::new(SandboxNode {
             name: name.to_string(),
             dir_ino,
-            file_ino: dir_ino + 1,
+            file_ino: dir_ino + MERGED_REL,
             timeline: timeline.clone(),
+            views,
         });
         let me = self.me.clone();
         let weak = Arc::downgrade(&node);
         timeline.subscribe(Arc::new(move || {
             if let (Some(fs), Some(node)) = (me.upgrade(), weak.upgrade()) {
+                if node.timeline.is_closed() {
+                    if let Some(views) = &node.views {
+                        views.flush();
+                    }
+                }
                 fs.wake(&node);
             }
         }));
         let mut nodes = self.nodes.write();
         if let Some(old) = nodes.by_name.insert(name.to_string(), node.clone()) {
-            nodes.by_ino.remove(&old.dir_ino);
-            nodes.by_ino.remove(&old.file_ino);
+            nodes.by_block.remove(&old.dir_ino);
         }
-        nodes.by_ino.insert(node.dir_ino, node.clone());
-        nodes.by_ino.insert(node.file_ino, node);
+        nodes.by_block.insert(node.dir_ino, node);
     }
 
     fn sandbox_removed(&self, name: &str) {
         let mut nodes = self.nodes.write();
         if let Some(old) = nodes.by_name.remove(name) {
-            nodes.by_ino.remove(&old.dir_ino);
-            nodes.by_ino.remove(&old.file_ino);
+            nodes.by_block.remove(&old.dir_ino);
         }
     }
 }

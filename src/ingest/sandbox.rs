@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::access;
+use crate::source::boot::{self, BootError, BootId};
 use crate::source::dir::Access;
 use crate::source::feed::{SourceMark, Step};
 use crate::source::generation::{GenRecord, Pos};
@@ -73,7 +74,12 @@ pub struct SandboxIngest {
     context: Vec<Access>,
     /// The owner and mode of `merged.log` must be computed again.
     access_stale: bool,
+    /// The last `boot-error.json` record taken (kept in the epoch's directory).
+    boot_seen: Option<BootId>,
 }
+
+/// The file in an epoch's directory that names the last boot-error record taken.
+const BOOT_SEEN: &str = "boot-error.seen";
 
 const NO_META: FileMeta = FileMeta { uid: 0, gid: 0, mode: 0o400, mtime_ms: 0 };
 
@@ -110,7 +116,10 @@ impl SandboxIngest {
             warned_read: PerSource::default(),
             context: Vec::new(),
             access_stale: true,
+            boot_seen: None,
         };
+        let seen = std::fs::read(ingest.timeline.store().dir().join(BOOT_SEEN)).ok();
+        let ingest = SandboxIngest { boot_seen: seen.as_deref().and_then(BootId::decode), ..ingest };
         ingest.timeline.set_meta(ingest.file_meta());
         ingest
     }
@@ -231,12 +240,7 @@ impl SandboxIngest {
     }
 
     fn cursor(&self) -> [CursorPos; 3] {
-        self.sources
-            .map(|_, s| {
-                let generation = s.cursor_generation();
-                CursorPos { generation, offset: if generation == 0 { 0 } else { s.mark().pos.off } }
-            })
-            .0
+        self.sources.map(|_, s| s.cursor_at(&s.mark())).0
     }
 
     /// Brings every source's chain up to date and records what changed in `batch`.
@@ -286,9 +290,11 @@ impl SandboxIngest {
     /// Reads everything new from the sources and commits it. With `scan`, the chains
     /// on disk are scanned first (the fallback poll; otherwise the watcher did it).
     pub fn poll(&mut self, scan: bool) {
-        let mut batch = self.timeline.begin_batch();
+        let mut batch = self.timeline.begin_batch(self.cursor());
         self.write_prelude(&mut batch);
         self.refresh(&mut batch, scan);
+        let mut boot = self.new_boot_error();
+        let boot_id = boot.as_ref().map(|b| b.id);
         let mut refreshed_at = 0;
         loop {
             let mut best: Option<(i64, SourceKind)> = None;
@@ -308,12 +314,21 @@ impl SandboxIngest {
                     }
                 }
             }
+            // A new boot error takes its place in the merge by its time.
+            if boot.as_ref().is_some_and(|b| best.is_none_or(|(ts, _)| b.record.ts < ts)) {
+                let b = boot.take().expect("a boot error");
+                batch.boot_error(&b.record, &b.raw, &mut self.assembler);
+                continue;
+            }
             let Some((_, kind)) = best else { break };
             let head = self.sources[kind].take().expect("a loaded head");
+            let after = self.sources[kind].cursor_at(&head.next);
             match head.step {
-                Step::Record(record) => batch.take(kind, &record, &mut self.assembler),
-                Step::Gap { bytes, notice } => batch.gap(kind, bytes, &notice, &mut self.assembler),
-                Step::Lost { generations, notice } => batch.lost(kind, generations, &notice, &mut self.assembler),
+                Step::Record(record) => batch.take(kind, &record, after, &mut self.assembler),
+                Step::Gap { bytes, notice } => batch.gap(kind, bytes, &notice, after, &mut self.assembler),
+                Step::Lost { generations, notice } => {
+                    batch.lost(kind, generations, &notice, after, &mut self.assembler)
+                }
             }
             batch.moved(kind, head.next);
             if batch.segment_due(&mut self.assembler) {
@@ -322,7 +337,7 @@ impl SandboxIngest {
             }
             if batch.len() >= COMMIT_BYTES {
                 self.commit(batch);
-                batch = self.timeline.begin_batch();
+                batch = self.timeline.begin_batch(self.cursor());
                 self.refresh(&mut batch, false);
                 refreshed_at = 0;
             } else if batch.len() - refreshed_at >= REFRESH_BYTES {
@@ -332,6 +347,13 @@ impl SandboxIngest {
         }
         self.flush_due(&mut batch, Instant::now());
         self.commit(batch);
+        if let Some(id) = boot_id {
+            self.boot_seen = Some(id);
+            let path = self.timeline.store().dir().join(BOOT_SEEN);
+            if let Err(e) = std::fs::write(&path, id.encode()) {
+                tracing::warn!(sandbox = ?self.name, "cannot record the boot error taken: {e}");
+            }
+        }
         for kind in SourceKind::ALL {
             self.access_stale |= self.sources[kind].tracker().lock().take_accesses_changed();
         }
@@ -342,6 +364,13 @@ impl SandboxIngest {
         for kind in SourceKind::ALL {
             self.sources[kind].close_if_idle(budget);
         }
+    }
+
+    /// A `boot-error.json` record not taken yet, if there is one.
+    fn new_boot_error(&self) -> Option<BootError> {
+        let logs = crate::source::dir::LogsDir::open(&self.logs).ok()?;
+        let fallback = self.timeline.meta().mtime_ms;
+        boot::read(&logs, fallback).filter(|b| Some(b.id) != self.boot_seen)
     }
 
     /// Flushes fragments that waited [`FLUSH_AFTER`] and starts the clock of new ones.
@@ -368,7 +397,7 @@ impl SandboxIngest {
     /// (`resume_later`), a checkpoint at the end lets the next start continue there
     /// without replaying anything.
     pub fn finish(&mut self, resume_later: bool) {
-        let mut batch = self.timeline.begin_batch();
+        let mut batch = self.timeline.begin_batch(self.cursor());
         self.write_prelude(&mut batch);
         if !self.assembler.is_empty() {
             batch.flush(None, &mut self.assembler);

@@ -7,6 +7,7 @@
 //! generation's descriptor as soon as ingest has read it to its end: the store, not
 //! held descriptors, keeps history.
 
+pub mod boot;
 pub mod dir;
 pub mod feed;
 pub mod generation;
@@ -29,6 +30,15 @@ use generation::{Chain, FileIdentity, GenRecord, Generation, Pos};
 use reader::LineReader;
 pub use record::SourceKind;
 use tracker::{ChainTracker, Place};
+
+/// Resume position of one source for the `user.cursor` xattr (DESIGN §2.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorPos {
+    /// Inode number of the file holding the position (0 before any file was seen).
+    pub generation: u64,
+    /// Byte just after the last record taken from it.
+    pub offset: u64,
+}
 
 /// One value per source, indexed by [`SourceKind`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -167,9 +177,13 @@ impl Source {
         self.feed.take()
     }
 
-    /// Inode number of the file holding the ingest position (0 before any).
-    pub fn cursor_generation(&self) -> u64 {
-        self.chain.get(self.mark().pos.gen).map_or(0, |g| g.identity.id.ino)
+    /// The cursor position (DESIGN §2.5) of `mark`: the inode number of the file holding
+    /// it and the offset in it, or zeros before any file was seen.
+    pub fn cursor_at(&self, mark: &SourceMark) -> CursorPos {
+        match self.chain.get(mark.pos.gen).map(|g| g.identity.id.ino) {
+            Some(generation) if generation != 0 => CursorPos { generation, offset: mark.pos.off },
+            _ => CursorPos::default(),
+        }
     }
 
     /// What happened to the chain since the last call, in order.

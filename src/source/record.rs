@@ -99,19 +99,31 @@ pub enum Tag {
 }
 
 impl Tag {
+    /// The tag's name without the session id: `stdout`, …, `msbfs` for notices.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Stdout(_) => "stdout",
+            Tag::Stderr(_) => "stderr",
+            Tag::Output(_) => "output",
+            Tag::System => "system",
+            Tag::Runtime => "runtime",
+            Tag::Kernel => "kernel",
+            Tag::Notice => "msbfs",
+        }
+    }
+
+    /// The exec session id of a captured-output tag.
+    pub fn session(self) -> Option<u64> {
+        match self {
+            Tag::Stdout(id) | Tag::Stderr(id) | Tag::Output(id) => id,
+            _ => None,
+        }
+    }
+
     /// Appends the rendered tag, e.g. `stdout[7]`.
     pub fn push_to(self, out: &mut Vec<u8>) {
-        let (name, id) = match self {
-            Tag::Stdout(id) => ("stdout", id),
-            Tag::Stderr(id) => ("stderr", id),
-            Tag::Output(id) => ("output", id),
-            Tag::System => ("system", None),
-            Tag::Runtime => ("runtime", None),
-            Tag::Kernel => ("kernel", None),
-            Tag::Notice => ("msbfs", None),
-        };
-        out.extend_from_slice(name.as_bytes());
-        if let Some(mut id) = id {
+        out.extend_from_slice(self.name().as_bytes());
+        if let Some(mut id) = self.session() {
             let mut digits = [0u8; 20];
             let mut at = digits.len();
             loop {

@@ -32,7 +32,7 @@ use crate::codec::{push_bytes, push_varint, push_zigzag, Decoder};
 use crate::time::now_ms;
 
 /// Version of the on-disk format; state of another version starts a new epoch.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const HEADER_TAG: u8 = b'H';
 const COMMIT_TAG: u8 = b'C';
@@ -92,6 +92,9 @@ pub struct Commit<'a> {
     pub bytes: &'a [u8],
     /// The timeline's record of the batch (opaque here).
     pub payload: &'a [u8],
+    /// More of the record, appended to the payload unless the state filesystem is full
+    /// (then only what ingest needs to continue is kept).
+    pub extra: &'a [u8],
     /// Checkpoints placed in the batch, ascending.
     pub cuts: &'a [Cut],
     /// Earliest and latest timestamp of the rendered lines, if any.
@@ -369,7 +372,8 @@ pub(crate) fn decode_header_payload(p: &[u8]) -> Result<Header, String> {
 }
 
 fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: bool) -> Vec<u8> {
-    let mut p = Vec::with_capacity(32 + c.payload.len() + c.cuts.len() * 8);
+    let extra = if unstored { &[][..] } else { c.extra };
+    let mut p = Vec::with_capacity(32 + c.payload.len() + extra.len() + c.cuts.len() * 8);
     p.push(COMMIT_TAG);
     push_varint(&mut p, data_start);
     push_varint(&mut p, c.bytes.len() as u64);
@@ -388,6 +392,7 @@ fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: b
         p.push(u8::from(cut.boundary));
     }
     p.extend_from_slice(c.payload);
+    p.extend_from_slice(extra);
     let mut frame = Vec::with_capacity(p.len() + 8);
     push_frame(&mut frame, &p);
     frame
@@ -690,8 +695,10 @@ impl EpochStore {
 
     /// Appends a batch: its bytes to `data`, its record to the journal, then publishes the
     /// new size. When the state filesystem is full the bytes are recorded as a range
-    /// that could not be stored (read as a notice), and the size still grows.
-    pub fn append(&self, commit: &Commit<'_>) -> io::Result<()> {
+    /// that could not be stored (read as a notice), and the size still grows, and the
+    /// commit's `extra` is left out. Returns the logical journal offset of the commit's
+    /// record and whether `extra` was kept.
+    pub fn append(&self, commit: &Commit<'_>) -> io::Result<(u64, bool)> {
         let start = self.size();
         let end = start + commit.bytes.len() as u64;
         let mut unstored = false;
@@ -780,7 +787,7 @@ impl EpochStore {
         self.size.store(end, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
         self.account(&w);
-        Ok(())
+        Ok((logical, !unstored))
     }
 
     /// Keeps room for [`SEGMENTS_RESERVE`] more index entries preallocated.
@@ -856,6 +863,22 @@ impl EpochStore {
             pos = to;
         }
         Ok(out)
+    }
+
+    /// The missing range holding `pos`, when `pos` is below the dropped prefix (views
+    /// show a dropped range of `merged.log` as a notice of their own).
+    pub fn dropped_at(&self, pos: u64) -> Option<MissingRange> {
+        (pos < self.dropped()).then(|| self.dropped_range_at(pos))
+    }
+
+    /// The descriptor pool its files are opened through (derived files use it too).
+    pub fn pool(&self) -> &Arc<FilePool> {
+        self.data.pool()
+    }
+
+    /// The logical journal offset of the oldest commit still kept.
+    pub fn journal_base(&self) -> u64 {
+        self.writer.lock().base
     }
 
     /// The dropped segment holding `pos` (below the dropped prefix), as a notice range.

@@ -450,7 +450,9 @@ mod tests {
         let bytes = vec![b'x'; 64 << 10];
         for _ in 0..n {
             let cut = Cut { out: epoch.size(), payload_at: 0, boundary: true };
-            epoch.append(&Commit { bytes: &bytes, payload: b"p", cuts: &[cut], ts_range: Some((1, 2)) }).unwrap();
+            epoch
+                .append(&Commit { bytes: &bytes, payload: b"p", extra: &[], cuts: &[cut], ts_range: Some((1, 2)) })
+                .unwrap();
         }
     }
 

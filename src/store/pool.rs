@@ -93,6 +93,11 @@ impl PooledFile {
         })
     }
 
+    /// The pool it belongs to.
+    pub fn pool(&self) -> &Arc<FilePool> {
+        &self.pool
+    }
+
     /// Marks it the most recently used.
     fn touch(&self) {
         self.used.store(self.pool.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);

@@ -8,8 +8,10 @@ use crate::source::{ChainEvent, PerSource, SourceKind};
 use crate::store::Cut;
 
 use super::journal::{Checkpoint, Entry};
+use super::json::{render_json, EntryKind, JsonContext, LogEntry};
 use super::ops::Op;
 use super::render::Assembler;
+use super::CursorPos;
 
 /// Output bytes between segment checkpoints: a segment ends at the first record
 /// boundary after this many bytes at which no fragment is held. Segments are the unit
@@ -33,6 +35,28 @@ pub struct Batch {
     /// its source and count.
     open_take: Option<(usize, SourceKind, u64)>,
     moved: PerSource<Option<SourceMark>>,
+    log: LogState,
+}
+
+/// What the batch needs to record source entries for `merged.jsonl`.
+#[derive(Debug)]
+struct LogState {
+    epoch: u64,
+    /// Source positions after the last entry.
+    positions: [CursorPos; 3],
+    /// True once the positions before the first entry are recorded.
+    recorded: bool,
+    /// JSON bytes of the entries so far.
+    json_len: u64,
+    /// Entries so far.
+    entries: u64,
+    /// Latest timestamp of an entry so far.
+    max_ts: Option<i64>,
+    /// Scratch space a JSON line is rendered into to learn its length.
+    scratch: Vec<u8>,
+    /// The entries' records, appended to the payload at the end of the batch (after
+    /// the ops, so `Take`s of one source still coalesce).
+    payload: Vec<u8>,
 }
 
 /// A finished batch, ready for the store.
@@ -42,18 +66,28 @@ pub struct Finished {
     pub bytes: Vec<u8>,
     /// The record of the batch.
     pub payload: Vec<u8>,
+    /// Its source entries ([`Entry::LogState`] and [`Entry::Logged`]), which the store
+    /// leaves out when its filesystem is full.
+    pub entries_payload: Vec<u8>,
     /// Checkpoints placed in it.
     pub cuts: Vec<Cut>,
     /// Earliest and latest timestamp rendered.
     pub span: Option<(i64, i64)>,
     /// Bytes since the last segment checkpoint, at its end.
     pub segment_len: u64,
+    /// Bytes the batch adds to `merged.jsonl`.
+    pub json_len: u64,
+    /// Source entries it records.
+    pub entries: u64,
+    /// Latest timestamp of those entries.
+    pub entries_max_ts: Option<i64>,
 }
 
 impl Batch {
-    /// A batch starting at merged offset `start`, `segment_len` bytes into a segment
-    /// that closes past `segment_target` bytes.
-    pub fn new(start: u64, segment_len: u64, segment_target: u64) -> Batch {
+    /// A batch of epoch `epoch` starting at merged offset `start`, `segment_len` bytes
+    /// into a segment that closes past `segment_target` bytes, with the sources at
+    /// `positions`.
+    pub fn new(epoch: u64, start: u64, segment_len: u64, segment_target: u64, positions: [CursorPos; 3]) -> Batch {
         Batch {
             start,
             bytes: Vec::new(),
@@ -64,7 +98,64 @@ impl Batch {
             segment_target,
             open_take: None,
             moved: PerSource([None; 3]),
+            log: LogState {
+                epoch,
+                positions,
+                recorded: false,
+                json_len: 0,
+                entries: 0,
+                max_ts: None,
+                scratch: Vec::new(),
+                payload: Vec::new(),
+            },
         }
+    }
+
+    /// Renders `record` and records it as a source entry that moved `moved` (a source
+    /// and its cursor position after the record).
+    fn render_entry(
+        &mut self,
+        kind: EntryKind,
+        record: &Record,
+        moved: Option<(SourceKind, CursorPos)>,
+        assembler: &mut Assembler,
+    ) {
+        self.render_entry_as(kind, record, &record.text, moved, assembler);
+    }
+
+    /// Like [`Batch::render_entry`], with `exact` as the entry's text.
+    fn render_entry_as(
+        &mut self,
+        kind: EntryKind,
+        record: &Record,
+        exact: &[u8],
+        moved: Option<(SourceKind, CursorPos)>,
+        assembler: &mut Assembler,
+    ) {
+        let start = self.start + self.bytes.len() as u64;
+        self.render(record, assembler);
+        if !self.log.recorded {
+            self.log.recorded = true;
+            Entry::LogState(self.log.positions).encode(&mut self.log.payload);
+        }
+        let mut entry = LogEntry {
+            kind,
+            ts: record.ts,
+            text: exact.to_vec(),
+            start,
+            end: self.start + self.bytes.len() as u64,
+            moved,
+            json_len: 0,
+        };
+        entry.apply(&mut self.log.positions);
+        let log = &mut self.log;
+        log.scratch.clear();
+        render_json(&entry, JsonContext { epoch: log.epoch, after: &log.positions, sandbox: None }, &mut log.scratch);
+        entry.json_len = log.scratch.len() as u64;
+        log.json_len += entry.json_len;
+        log.entries += 1;
+        log.max_ts = Some(log.max_ts.map_or(entry.ts, |m| m.max(entry.ts)));
+        Entry::Logged(Box::new(entry)).encode(&mut log.payload);
     }
 
     fn entry(&mut self, entry: &Entry) {
@@ -103,34 +194,54 @@ impl Batch {
     }
 
     /// Takes one line of `source`, already parsed into `record`, rendering it through
-    /// the live `assembler`.
-    pub fn take(&mut self, source: SourceKind, record: &Record, assembler: &mut Assembler) {
+    /// the live `assembler`; `after` is the source's cursor position after it.
+    pub fn take(&mut self, source: SourceKind, record: &Record, after: CursorPos, assembler: &mut Assembler) {
         self.op(Op::Take { source, count: 1 });
-        self.render(record, assembler);
+        self.render_entry(EntryKind::Record(record.tag), record, Some((source, after)), assembler);
     }
 
     /// Records that `bytes` unread bytes of `source` vanished, rendering `notice`.
-    pub fn gap(&mut self, source: SourceKind, bytes: u64, notice: &Record, assembler: &mut Assembler) {
+    pub fn gap(
+        &mut self,
+        source: SourceKind,
+        bytes: u64,
+        notice: &Record,
+        after: CursorPos,
+        assembler: &mut Assembler,
+    ) {
         self.op(Op::Gap { source, bytes });
-        self.render(notice, assembler);
+        self.render_entry(EntryKind::Record(notice.tag), notice, Some((source, after)), assembler);
     }
 
     /// Records that `generations` generations of `source` were lost unseen.
-    pub fn lost(&mut self, source: SourceKind, generations: u64, notice: &Record, assembler: &mut Assembler) {
+    pub fn lost(
+        &mut self,
+        source: SourceKind,
+        generations: u64,
+        notice: &Record,
+        after: CursorPos,
+        assembler: &mut Assembler,
+    ) {
         self.op(Op::Lost { source, generations });
-        self.render(notice, assembler);
+        self.render_entry(EntryKind::Record(notice.tag), notice, Some((source, after)), assembler);
     }
 
     /// Records that what `source` wrote while msbfs was not running is gone.
     pub fn missed(&mut self, source: SourceKind, bytes: Option<u64>, notice: &Record, assembler: &mut Assembler) {
         self.op(Op::Missed { source, bytes: bytes.unwrap_or(0) });
-        self.render(notice, assembler);
+        self.render_entry(EntryKind::Record(notice.tag), notice, None, assembler);
+    }
+
+    /// Renders a `boot-error.json` record as its `system` line; `raw` is the file's text.
+    pub fn boot_error(&mut self, record: &Record, raw: &[u8], assembler: &mut Assembler) {
+        self.entry(&Entry::Boot { ts: record.ts, text: record.text.clone() });
+        self.render_entry_as(EntryKind::BootError, record, raw, None, assembler);
     }
 
     /// Records that fragments held before a restart could not be rebuilt.
     pub fn fragments_lost(&mut self, notice: &Record, assembler: &mut Assembler) {
         self.op(Op::FragmentsLost);
-        self.render(notice, assembler);
+        self.render_entry(EntryKind::Record(notice.tag), notice, None, assembler);
     }
 
     /// Flushes the fragment held for `stream` (it waited too long), or every held
@@ -209,9 +320,13 @@ impl Batch {
         Finished {
             bytes: self.bytes,
             payload: self.payload,
+            entries_payload: self.log.payload,
             cuts: self.cuts,
             span: self.span,
             segment_len: self.segment_len,
+            json_len: self.log.json_len,
+            entries: self.log.entries,
+            entries_max_ts: self.log.max_ts,
         }
     }
 }

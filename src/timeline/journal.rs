@@ -12,7 +12,9 @@ use crate::source::generation::{FileId, FileIdentity, GenRecord, Pos, FINGERPRIN
 use crate::source::record::SourceState;
 use crate::source::{PerSource, SourceKind};
 
+use super::json::LogEntry;
 use super::ops::Op;
+use super::CursorPos;
 
 /// Everything needed to render from a checkpoint on without any earlier state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,19 @@ pub enum Entry {
         /// True when the assembler holds fragments after the batch.
         held: bool,
     },
+    /// The source positions before the batch's first [`Entry::Logged`] (what its
+    /// cursor is built from).
+    LogState([CursorPos; 3]),
+    /// A source entry as `merged.jsonl` shows it.
+    Logged(Box<LogEntry>),
+    /// A `boot-error.json` record rendered as a `system` line at this point of the op
+    /// stream (the file itself may be gone by the time anything is rendered again).
+    Boot {
+        /// Its time.
+        ts: i64,
+        /// The line's text.
+        text: Vec<u8>,
+    },
 }
 
 const E_OP: u8 = 0;
@@ -52,6 +67,11 @@ const E_ADOPTED: u8 = 1;
 const E_UPDATED: u8 = 2;
 const E_CHECKPOINT: u8 = 3;
 const E_END: u8 = 4;
+const E_LOG_STATE: u8 = 5;
+const E_LOGGED: u8 = 6;
+const E_BOOT: u8 = 7;
+/// Longest boot-error line kept.
+const MAX_BOOT_TEXT: usize = 1 << 20;
 
 fn push_gen(out: &mut Vec<u8>, rec: &GenRecord) {
     let flags = u8::from(rec.identity.igen.is_some())
@@ -150,6 +170,22 @@ impl Entry {
                     }
                 }
             }
+            Entry::LogState(state) => {
+                out.push(E_LOG_STATE);
+                for pos in state {
+                    push_varint(out, pos.generation);
+                    push_varint(out, pos.offset);
+                }
+            }
+            Entry::Logged(entry) => {
+                out.push(E_LOGGED);
+                entry.encode(out);
+            }
+            Entry::Boot { ts, text } => {
+                out.push(E_BOOT);
+                push_zigzag(out, *ts);
+                push_bytes(out, text);
+            }
         }
     }
 
@@ -186,6 +222,15 @@ impl Entry {
                 }
                 Some(Entry::End { moved, held: mask & 8 != 0 })
             }
+            E_LOG_STATE => {
+                let mut state = [CursorPos::default(); 3];
+                for pos in &mut state {
+                    *pos = CursorPos { generation: d.varint()?, offset: d.varint()? };
+                }
+                Some(Entry::LogState(state))
+            }
+            E_LOGGED => Some(Entry::Logged(Box::new(LogEntry::decode(d)?))),
+            E_BOOT => Some(Entry::Boot { ts: d.zigzag()?, text: d.bytes(MAX_BOOT_TEXT)?.to_vec() }),
             _ => None,
         }
     }

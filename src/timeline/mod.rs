@@ -8,8 +8,10 @@
 //! No FUSE and no wall-clock time here.
 
 pub mod batch;
+pub mod cursor;
 pub mod escape;
 pub mod journal;
+pub mod json;
 pub mod ops;
 pub mod render;
 pub mod replay;
@@ -23,14 +25,7 @@ use parking_lot::Mutex;
 use crate::store::{Commit, EpochStore};
 use batch::{Batch, Finished};
 
-/// Resume position of one source for the `user.cursor` xattr.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CursorPos {
-    /// Inode number of the file holding the position (0 before any file was seen).
-    pub generation: u64,
-    /// Byte just after the last record taken from it.
-    pub offset: u64,
-}
+pub use crate::source::CursorPos;
 
 /// What `stat` shows of `merged.log`, derived by ingest from the source files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +43,26 @@ pub struct FileMeta {
 /// Called after every commit and on close.
 pub type Listener = Arc<dyn Fn() + Send + Sync>;
 
+/// A commit as it was stored, for what derives views from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Committed<'a> {
+    /// Logical journal offset of its record.
+    pub journal_off: u64,
+    /// `merged.log` offset of its first byte.
+    pub start: u64,
+    /// Its rendered bytes (whole lines).
+    pub bytes: &'a [u8],
+    /// Bytes it adds to `merged.jsonl`.
+    pub json_len: u64,
+    /// Source entries it records.
+    pub entries: u64,
+    /// Latest timestamp of those entries.
+    pub entries_max_ts: Option<i64>,
+}
+
+/// Called with every commit before anyone is told of it.
+pub type Observer = Arc<dyn Fn(&Committed<'_>) + Send + Sync>;
+
 #[derive(Debug)]
 struct Published {
     cursor: [CursorPos; 3],
@@ -64,6 +79,7 @@ pub struct Timeline {
     segment_len: Mutex<u64>,
     segment_target: AtomicU64,
     closed: AtomicBool,
+    observer: Mutex<Option<Observer>>,
     listeners: Mutex<Vec<Listener>>,
 }
 
@@ -84,6 +100,7 @@ impl Timeline {
             segment_len: Mutex::new(segment_len),
             segment_target: AtomicU64::new(batch::SEGMENT_TARGET),
             closed: AtomicBool::new(false),
+            observer: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
         }
     }
@@ -130,6 +147,11 @@ impl Timeline {
         self.published.lock().meta = meta;
     }
 
+    /// Sets what sees every commit (the views) before listeners are told of it.
+    pub fn set_observer(&self, observer: Observer) {
+        *self.observer.lock() = Some(observer);
+    }
+
     /// Registers `listener` to run after every commit and on close.
     pub fn subscribe(&self, listener: Listener) {
         self.listeners.lock().push(listener);
@@ -159,9 +181,10 @@ impl Timeline {
         self.segment_target.store(bytes.max(1), Ordering::Relaxed);
     }
 
-    /// Starts a batch at the current end.
-    pub fn begin_batch(&self) -> Batch {
-        Batch::new(self.size(), *self.segment_len.lock(), self.segment_target.load(Ordering::Relaxed))
+    /// Starts a batch at the current end, with the sources at `positions`.
+    pub fn begin_batch(&self, positions: [CursorPos; 3]) -> Batch {
+        let target = self.segment_target.load(Ordering::Relaxed);
+        Batch::new(self.epoch(), self.size(), *self.segment_len.lock(), target, positions)
     }
 
     /// Appends a batch to the store (before anyone can see it), publishes the new size
@@ -171,9 +194,18 @@ impl Timeline {
             self.published.lock().cursor = cursor;
             return Ok(());
         }
-        let Finished { bytes, payload, cuts, span, segment_len } = batch.finish(held);
-        self.store.append(&Commit { bytes: &bytes, payload: &payload, cuts: &cuts, ts_range: span })?;
+        let Finished { bytes, payload, entries_payload, cuts, span, segment_len, json_len, entries, entries_max_ts } =
+            batch.finish(held);
+        let start = self.store.size();
+        let commit = Commit { bytes: &bytes, payload: &payload, extra: &entries_payload, cuts: &cuts, ts_range: span };
+        let (journal_off, kept) = self.store.append(&commit)?;
+        // Entries the store could not keep are not in merged.jsonl.
+        let (json_len, entries) = if kept { (json_len, entries) } else { (0, 0) };
         *self.segment_len.lock() = segment_len;
+        let observer = self.observer.lock().clone();
+        if let Some(observer) = observer {
+            observer(&Committed { journal_off, start, bytes: &bytes, json_len, entries, entries_max_ts });
+        }
         {
             let mut p = self.published.lock();
             p.cursor = cursor;

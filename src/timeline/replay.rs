@@ -17,7 +17,7 @@ use super::render::Assembler;
 use crate::source::feed::{SourceFeed, SourceMark, Step};
 use crate::source::generation::{Chain, GenRecord, Generation};
 use crate::source::reader::LineReader;
-use crate::source::record::{fragments_lost_notice, missed_notice};
+use crate::source::record::{fragments_lost_notice, missed_notice, Record, Tag};
 use crate::source::{PerSource, SourceKind};
 use crate::store::{EpochStore, Segment};
 
@@ -195,6 +195,12 @@ impl<'a> Replayer<'a> {
                     self.feeds = PerSource::from_fn(|kind| SourceFeed::new(kind, cp.marks[kind]));
                     self.next_seq = cp.next_seq;
                     self.assembler = Assembler::default();
+                }
+            }
+            Entry::LogState(_) | Entry::Logged(_) => {}
+            Entry::Boot { ts, text } => {
+                if self.rendering {
+                    self.assembler.render(&Record { ts: *ts, tag: Tag::System, text: text.clone() }, &mut self.out);
                 }
             }
             Entry::Op(_) if !self.rendering => {}

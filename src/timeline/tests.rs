@@ -74,7 +74,7 @@ impl World {
     /// What ingest does, minimally: refresh, merge every ready step by time, place
     /// segment checkpoints, commit one batch (a boundary checkpoint first when empty).
     fn ingest(&mut self) {
-        let mut batch = self.timeline.begin_batch();
+        let mut batch = self.timeline.begin_batch([CursorPos::default(); 3]);
         if self.timeline.size() == 0 {
             batch.checkpoint(self.checkpoint(), true);
         }
@@ -92,9 +92,13 @@ impl World {
             let Some((_, kind)) = next else { break };
             let head = self.sources[kind].take().unwrap();
             match head.step {
-                Step::Record(r) => batch.take(kind, &r, &mut self.assembler),
-                Step::Gap { bytes, notice } => batch.gap(kind, bytes, &notice, &mut self.assembler),
-                Step::Lost { generations, notice } => batch.lost(kind, generations, &notice, &mut self.assembler),
+                Step::Record(r) => batch.take(kind, &r, CursorPos::default(), &mut self.assembler),
+                Step::Gap { bytes, notice } => {
+                    batch.gap(kind, bytes, &notice, CursorPos::default(), &mut self.assembler)
+                }
+                Step::Lost { generations, notice } => {
+                    batch.lost(kind, generations, &notice, CursorPos::default(), &mut self.assembler)
+                }
             }
             batch.moved(kind, head.next);
             if batch.segment_due(&mut self.assembler) {
@@ -212,18 +216,20 @@ fn every_retained_segment_renders_again_from_its_checkpoint() {
 #[test]
 fn takes_coalesce_and_held_fragments_delay_a_checkpoint_until_forced() {
     let mut w = World::new();
-    let mut batch = w.timeline.begin_batch();
+    let mut batch = w.timeline.begin_batch([CursorPos::default(); 3]);
     let line = |i: u64| Record { ts: T0, tag: Tag::Kernel, text: format!("k{i}").into_bytes() };
     for i in 0..3 {
-        batch.take(SourceKind::Kernel, &line(i), &mut w.assembler);
+        batch.take(SourceKind::Kernel, &line(i), CursorPos::default(), &mut w.assembler);
     }
     batch.take(
         SourceKind::Exec,
         &Record { ts: T0, tag: Tag::Stdout(Some(1)), text: b"prompt> ".to_vec() },
+        CursorPos::default(),
         &mut w.assembler,
     );
     let fin = batch.finish(true);
-    let ops: Vec<Entry> = decode_entries(&fin.payload).unwrap();
+    let ops: Vec<Entry> =
+        decode_entries(&fin.payload).unwrap().into_iter().filter(|e| matches!(e, Entry::Op(_))).collect();
     assert_eq!(
         ops,
         [
@@ -233,11 +239,11 @@ fn takes_coalesce_and_held_fragments_delay_a_checkpoint_until_forced() {
     );
     assert_eq!(fin.span, Some((T0, T0)));
     // A fragment is held: no checkpoint until the segment is overdue, then a forced flush.
-    let mut batch = Batch::new(0, 0, SEGMENT_TARGET);
+    let mut batch = Batch::new(1, 0, 0, SEGMENT_TARGET, [CursorPos::default(); 3]);
     let big = Record { ts: T0, tag: Tag::Kernel, text: vec![b'k'; 60_000] };
     let mut due_at = None;
     for i in 0..40 {
-        batch.take(SourceKind::Kernel, &big, &mut w.assembler);
+        batch.take(SourceKind::Kernel, &big, CursorPos::default(), &mut w.assembler);
         if batch.segment_due(&mut w.assembler) {
             due_at = Some(i);
             break;

@@ -45,7 +45,9 @@ impl Writer {
             payload.extend_from_slice(b"resume;");
         }
         let ts = (self.line as i64, self.line as i64 + 1);
-        self.store.append(&Commit { bytes: &bytes, payload: &payload, cuts: &cuts, ts_range: Some(ts) }).unwrap();
+        self.store
+            .append(&Commit { bytes: &bytes, payload: &payload, extra: &[], cuts: &cuts, ts_range: Some(ts) })
+            .unwrap();
         self.bytes.extend_from_slice(&bytes);
     }
 }

@@ -4,16 +4,22 @@
 
 use base64::Engine as _;
 
-use crate::timeline::CursorPos;
+use super::CursorPos;
 
 /// Name of the xattr on `merged.log`.
 pub const CURSOR_XATTR: &str = "user.cursor";
 
 /// Encodes the three source positions and the merged position of `epoch` at `size`.
 pub fn encode(sources: &[CursorPos; 3], epoch: u64, size: u64) -> String {
-    let mut raw = Vec::with_capacity(1 + 4 * 16);
-    raw.push(4u8);
-    for p in sources.iter().chain(std::iter::once(&CursorPos { generation: epoch, offset: size })) {
+    let merged = CursorPos { generation: epoch, offset: size };
+    encode_positions(&[sources[0], sources[1], sources[2], merged])
+}
+
+/// Encodes any list of positions (at most 255), e.g. the three of an SDK cursor.
+pub fn encode_positions(positions: &[CursorPos]) -> String {
+    let mut raw = Vec::with_capacity(1 + positions.len() * 16);
+    raw.push(positions.len().min(255) as u8);
+    for p in positions.iter().take(255) {
         raw.extend_from_slice(&p.generation.to_le_bytes());
         raw.extend_from_slice(&p.offset.to_le_bytes());
     }
