@@ -13,7 +13,7 @@ tools=(
     busybox:busybox tmux:tmux less:less getfattr:attr setfattr:attr md5sum:coreutils
     python3:python3 rg:ripgrep fusermount3:fuse3 bwrap:bubblewrap lnav:lnav
     multitail:multitail syslog-ng:syslog-ng-core useradd:passwd setpriv:util-linux
-    systemd-analyze:systemd strace:strace
+    systemd-analyze:systemd strace:strace jq:jq
 )
 pkgs=()
 for entry in "${tools[@]}"; do

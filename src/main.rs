@@ -40,8 +40,11 @@ enum CursorCommand {
     /// Print the positions a cursor holds: give the cursor, or a file to read its
     /// user.cursor attribute from.
     Decode {
-        /// A cursor (base64), or the path of a merged.log.
+        /// A cursor (base64), or the path of a file of the mount.
         cursor: String,
+        /// Print one JSON object instead of a line per position.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -166,7 +169,7 @@ fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 }
 
 /// `msbfs cursor decode`: a cursor given, or read from a file's `user.cursor`.
-fn cursor_decode(arg: &str) -> Result<(), MountError> {
+fn cursor_decode(arg: &str, json: bool) -> Result<(), MountError> {
     let path = Path::new(arg);
     let text = if path.exists() {
         let value = read_xattr(path, msbfs::timeline::cursor::CURSOR_XATTR)
@@ -177,8 +180,12 @@ fn cursor_decode(arg: &str) -> Result<(), MountError> {
     };
     let positions = msbfs::timeline::cursor::decode(&text)
         .ok_or_else(|| MountError::Usage(format!("{arg:?} is neither a cursor nor a file")))?;
-    println!("cursor       {}", text.trim());
-    print!("{}", msbfs::timeline::cursor::describe(&positions));
+    if json {
+        println!("{}", msbfs::timeline::cursor::to_json(text.trim(), &positions));
+    } else {
+        println!("cursor       {}", text.trim());
+        print!("{}", msbfs::timeline::cursor::describe(&positions));
+    }
     Ok(())
 }
 
@@ -243,7 +250,7 @@ fn main() -> ExitCode {
         }
         Command::Unmount { mountpoint } => exit_for(mount::unmount_command(&mountpoint)),
         Command::Demo { mountpoint } => exit_for(msbfs::demo::run(mountpoint)),
-        Command::Cursor(CursorCommand::Decode { cursor }) => exit_for(cursor_decode(&cursor)),
+        Command::Cursor(CursorCommand::Decode { cursor, json }) => exit_for(cursor_decode(&cursor, json)),
         Command::Simulate { home, name, lines, rate, rotate_bytes, seed, chunking, start, json } => {
             simulate_cmd(home, &name, lines, rate, rotate_bytes, seed, chunking, start, json, stop_signals)
         }

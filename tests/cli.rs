@@ -48,6 +48,13 @@ fn cursor_decode_names_each_position() {
     assert_eq!(lines[0], format!("cursor       {cursor}"));
     assert_eq!(lines[1], "exec.log     byte            345   (generation 0xc)");
     assert_eq!(lines[4], "merged.log   offset         4096   (epoch 0xdeadbeef)");
+    let (code, out, err) = run(&["cursor", "decode", "--json", &cursor]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["cursor"], cursor);
+    assert_eq!(json["exec"], serde_json::json!({"generation": 12, "offset": 345}));
+    assert_eq!(json["runtime"]["generation"], 13);
+    assert_eq!((json["epoch"].as_u64(), json["merged_offset"].as_u64()), (Some(0xdead_beef), Some(4096)));
     let (code, _, err) = run(&["cursor", "decode", "not-a-cursor"]);
     assert_eq!(code, 2);
     assert_eq!(err, "msbfs: \"not-a-cursor\" is neither a cursor nor a file\n");

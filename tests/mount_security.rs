@@ -87,8 +87,16 @@ fn merged_log_is_readable_only_by_who_could_read_every_file_it_renders_from() {
     wait_until(Duration::from_secs(5), "every sandbox listed", || fs::read_dir(&env.mnt).unwrap().count() == 5);
     let open = cat_as_nobody(&env.merged("open")).expect("nobody reads a sandbox whose every file it may read");
     assert!(String::from_utf8_lossy(&open).contains("anyone may read this"));
+    let open_dir = env.mnt.join("open");
+    for view in ["program.log", "stdout.log", "merged.jsonl", "sessions/1.log"] {
+        assert!(cat_as_nobody(&open_dir.join(view)).is_some(), "open/{view}: nobody may read it");
+    }
     for name in ["rotated", "linked", "closed-logs", "closed-dir"] {
         assert_eq!(cat_as_nobody(&env.merged(name)), None, "{name}: nobody must not read it");
+        // Nor any view of it.
+        for view in ["program.log", "stdout.log", "merged.jsonl", "sessions/1.log"] {
+            assert_eq!(cat_as_nobody(&env.mnt.join(name).join(view)), None, "{name}/{view}: nobody must not read it");
+        }
         let mode = fs::metadata(env.merged(name)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o004, 0, "{name}: mode {mode:o}");
         // Root still reads everything.

@@ -62,6 +62,26 @@ pub fn describe(positions: &[CursorPos]) -> String {
     out
 }
 
+/// A cursor's positions as one JSON object: `{"cursor", "exec", "runtime", "kernel"}`
+/// (each `{"generation", "offset"}`), then `"epoch"` and `"merged_offset"` when the
+/// cursor is msbfs's, and `"more"` for positions beyond those.
+pub fn to_json(text: &str, positions: &[CursorPos]) -> String {
+    let pos = |p: &CursorPos| serde_json::json!({"generation": p.generation, "offset": p.offset});
+    let mut object = serde_json::Map::new();
+    object.insert("cursor".into(), text.into());
+    for (name, p) in ["exec", "runtime", "kernel"].iter().zip(positions) {
+        object.insert((*name).into(), pos(p));
+    }
+    if let Some(merged) = positions.get(3) {
+        object.insert("epoch".into(), merged.generation.into());
+        object.insert("merged_offset".into(), merged.offset.into());
+    }
+    if positions.len() > 4 {
+        object.insert("more".into(), positions[4..].iter().map(pos).collect());
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +108,10 @@ mod tests {
         assert!(text.starts_with("exec.log     byte            345   (generation 0xc)\n"), "{text}");
         assert!(text.ends_with("merged.log   offset         4096   (epoch 0xdeadbeef)\n"), "{text}");
         assert_eq!(decode("BA=="), None);
+        let json: serde_json::Value = serde_json::from_str(&to_json(&text, &back)).unwrap();
+        assert_eq!(json["exec"]["offset"], 345);
+        assert_eq!(json["kernel"]["generation"], 0);
+        assert_eq!(json["epoch"], 0xdead_beef_u64);
+        assert_eq!(json["merged_offset"], 4096);
     }
 }
