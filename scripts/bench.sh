@@ -87,6 +87,9 @@ MID=$((SIZE / 2 / 65536))
 t0=$(now); dd if="$MNT/bench/merged.log" of=/dev/null bs=64k skip="$MID" count=4 status=none; t1=$(now)
 SEEK=$(py "print(f'{($t1 - $t0) * 1000:.1f}')")
 echo "tail -n 10: $TAIL ms; dd of 4 x 64 KiB from the middle: $SEEK ms"
+PROGRAM_GBS=$(py "print(f'{$(stat -c %s "$MNT/bench/program.log") / $(dd_secs "$MNT/bench/program.log") / 1e9:.2f}')")
+JSONL_GBS=$(py "print(f'{$(stat -c %s "$MNT/bench/merged.jsonl") / $(dd_secs "$MNT/bench/merged.jsonl") / 1e9:.2f}')")
+echo "full read of program.log $PROGRAM_GBS GB/s, of merged.jsonl $JSONL_GBS GB/s"
 
 # Follow latency at 4,000 lines/s (scripts/follow_latency.py).
 FOLLOW=$(python3 scripts/follow_latency.py "$MNT/bench/merged.log" "$LOGS/exec.log")
@@ -111,7 +114,7 @@ FIRST_CPU_100=$(py "print(f'{$FIRST_CPU * 1e8 / $SIZE:.2f}')")
 echo "daemon CPU per 100 MB of merged.log: first sight $FIRST_CPU_100 s, live (unpaced producer) $LIVE_CPU s"
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 rm -rf "$HOME_DIR/sandboxes/live"
-sleep 1 # the live sandbox is gone, its state removed
+sleep 1 # the live sandbox is gone, its state retired (kept for all.log)
 SAVED=$(stat -c %s "$MNT/bench/merged.log") # the follow probe added lines
 stop_daemon
 
@@ -124,8 +127,17 @@ for _ in 1 2 3 4 5; do
 done
 RESTART=$(median "${restarts[@]}")
 echo "restart to correct st_size: $RESTART s (median of 5)"
-STATE_BYTES=$(du -sb "$STATE" | cut -f1)
-STATE_PER_MIB=$(py "print(f'{($STATE_BYTES - $SAVED) * 1048576 / $SAVED:.0f}')")
+# The bench sandbox's own state (the live one's is retired) and the views' share of it:
+# the journal holds the entries merged.jsonl is rendered from, views/ the run indexes
+# of the text views, all/ the runs of all.log and all.jsonl (over both sandboxes).
+EPOCH=$(for d in "$STATE"/*/epochs/*; do [[ -e $d/retired ]] || echo "$d"; done | head -n 1)
+per_mib() { py "print(f'{$1 * 1048576 / $SAVED:.0f}')"; }
+JOURNAL_PER_MIB=$(per_mib "$(du -sb "$EPOCH/journal" "$EPOCH/segments" | awk '{s += $1} END {print s}')")
+VIEWS_PER_MIB=$(per_mib "$(du -sb "$EPOCH/views" | cut -f1)")
+ALL_PER_MIB=$(per_mib "$(du -sb "$STATE"/*/all | cut -f1)")
+STATE_PER_MIB=$(py "print($JOURNAL_PER_MIB + $VIEWS_PER_MIB + $ALL_PER_MIB)")
+VIEWS_RATIO=$(py "print(f'{$STATE_PER_MIB / 1048576:.2f}')")
+echo "state beyond merged.log, per MiB of it: journal and segment index $JOURNAL_PER_MIB B, view indexes $VIEWS_PER_MIB B, all.* $ALL_PER_MIB B ($VIEWS_RATIO x)"
 WRITE_PATH=$(target/release/examples/render_bench "$HOME_DIR" bench 1 | sed -n 's/^store write path:.*(\([0-9.]*\) s per 100 MB)$/\1/p')
 echo "store: $STATE_PER_MIB bytes of journal and index per MiB of merged.log; write path $WRITE_PATH s CPU per 100 MB; peak RSS $((RSS / 1024)) MiB"
 
@@ -179,6 +191,12 @@ cat >target/bench/bench.json <<JSON
   "dd_middle_ms": $SEEK,
   "restart_s": $RESTART,
   "state_bytes_per_mib": $STATE_PER_MIB,
+  "journal_bytes_per_mib": $JOURNAL_PER_MIB,
+  "view_index_bytes_per_mib": $VIEWS_PER_MIB,
+  "all_index_bytes_per_mib": $ALL_PER_MIB,
+  "views_state_ratio": $VIEWS_RATIO,
+  "program_log_read_gb_s": $PROGRAM_GBS,
+  "merged_jsonl_read_gb_s": $JSONL_GBS,
   "first_sight_cpu_s_per_100mb": $FIRST_CPU_100,
   "live_ingest_cpu_s_per_100mb": $LIVE_CPU,
   "store_write_path_cpu_s_per_100mb": $WRITE_PATH,
@@ -204,7 +222,8 @@ echo "| cat of the raw source files | $RAW_GBS GB/s | |"
 echo "| first sight (mount to st_size, nothing saved) | $FIRST s | |"
 echo "| restart (mount to st_size, history saved, median of 5) | $RESTART s | < 0.2 s |"
 echo "| tail -n 10 / dd 4 x 64 KiB from the middle | $TAIL ms / $SEEK ms | |"
-echo "| state beyond the bytes, per MiB of merged.log | $STATE_PER_MIB B | |"
+echo "| state beyond the bytes, per MiB of merged.log: journal and index / view indexes / all.* | $JOURNAL_PER_MIB / $VIEWS_PER_MIB / $ALL_PER_MIB B ($VIEWS_RATIO x) | <= 1.5 x |"
+echo "| full read of program.log / merged.jsonl | $PROGRAM_GBS / $JSONL_GBS GB/s | |"
 echo "| daemon CPU per 100 MB: first sight / live ingest | $FIRST_CPU_100 s / $LIVE_CPU s | |"
 echo "| store write path CPU per 100 MB | $WRITE_PATH s | |"
 echo "| peak RSS | $((RSS / 1024)) MiB | <= 64 MiB |"

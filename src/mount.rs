@@ -216,6 +216,10 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::with_ceiling(owner, opts.bench_ceiling);
+    let all = crate::view::all::AllViews::open(store.dir().join("all")).map_err(|e| {
+        MountError::Usage(format!("state directory {}: cannot open all.log: {e}", store.dir().display()))
+    })?;
+    fs.set_all_views(all);
     let syncer = Syncer::start(store.clone(), SYNC_EVERY)?;
     let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone())?;
     let (tx, rx) = mpsc::channel();

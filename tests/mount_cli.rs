@@ -103,8 +103,7 @@ fn a_live_mount_is_not_stacked_over_and_msbfs_unmount_ends_it() {
     // Asked with --nonempty, it mounts over what is there, and leaves it be.
     File::create(env.mnt.join("hidden")).unwrap();
     let m = env.mount_with(&["--nonempty"]);
-    let names: Vec<_> = fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, ["box"]);
+    assert_eq!(sandboxes_in(&env.mnt), ["box"]);
     m.stop();
     assert!(env.mnt.join("hidden").exists());
 }
@@ -129,9 +128,7 @@ fn stale_mountpoint_is_recovered() {
 
     let second = Mounted::start(&env.home, &env.mnt, &env.root().join("second.stderr"));
     assert_eq!(mounts_at(&env.mnt).len(), 1, "stale mount detached, one live mount");
-    let names: Vec<String> =
-        fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec!["box".to_string()]);
+    assert_eq!(sandboxes_in(&env.mnt), ["box"]);
     wait_caught_up(&logs, &env.merged("box"), Duration::from_secs(10));
     check(&read_all(&env.merged("box")), &s, Expect::Complete);
     let stderr = second.stderr();

@@ -167,7 +167,7 @@ fn read_and_follow(env: &Env, logs: &Path, runner: Runner) {
         let out = runner.output(&logs_bind, &["/bin/busybox", "id", "-u"]);
         assert_eq!(String::from_utf8(out).unwrap().trim(), id.to_string(), "the uid inside");
     }
-    assert_eq!(runner.output(&logs_bind, &["/bin/busybox", "ls", "/logs"]), b"web\n");
+    assert_eq!(runner.output(&logs_bind, &["/bin/busybox", "ls", "/logs"]), b"all.jsonl\nall.log\nweb\n");
     let mountinfo =
         String::from_utf8(runner.output(&logs_bind, &["/bin/busybox", "cat", "/proc/self/mountinfo"])).unwrap();
     let line = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some("/logs")).expect("/logs in the container");

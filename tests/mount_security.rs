@@ -84,9 +84,15 @@ fn merged_log_is_readable_only_by_who_could_read_every_file_it_renders_from() {
     chmod(closed_dir.parent().unwrap(), 0o700);
 
     let m = env.mount_with(&["--allow-other"]);
-    wait_until(Duration::from_secs(5), "every sandbox listed", || fs::read_dir(&env.mnt).unwrap().count() == 5);
+    wait_until(Duration::from_secs(5), "every sandbox listed", || sandboxes_in(&env.mnt).len() == 5);
     let open = cat_as_nobody(&env.merged("open")).expect("nobody reads a sandbox whose every file it may read");
     assert!(String::from_utf8_lossy(&open).contains("anyone may read this"));
+    // One file cannot show different bytes to different readers: all.log and
+    // all.jsonl are for who may read every sandbox.
+    for file in ["all.log", "all.jsonl"] {
+        assert_eq!(cat_as_nobody(&env.mnt.join(file)), None, "{file}: nobody must not read it");
+        assert!(!fs::read(env.mnt.join(file)).unwrap().is_empty(), "root reads {file}");
+    }
     let open_dir = env.mnt.join("open");
     for view in ["program.log", "stdout.log", "merged.jsonl", "sessions/1.log"] {
         assert!(cat_as_nobody(&open_dir.join(view)).is_some(), "open/{view}: nobody may read it");
@@ -142,9 +148,7 @@ fn symlinks_below_sandboxes_are_not_followed() {
     let m = env.mount_with(&["--allow-other"]);
     wait_until(Duration::from_secs(5), "the real sandbox listed", || env.merged("real").exists());
     std::thread::sleep(Duration::from_millis(1200));
-    let names: Vec<String> =
-        fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(names, ["real"], "symlinked sandboxes are skipped");
+    assert_eq!(sandboxes_in(&env.mnt), ["real"], "symlinked sandboxes are skipped");
     assert!(!fs::read_to_string(env.merged("real")).unwrap().contains("OUTSIDE"));
 
     // A logs/ swapped for a symlink while mounted: nothing from outside is read.
@@ -181,8 +185,7 @@ fn two_thousand_sandboxes_mount_list_and_read_under_ulimit_1024() {
     many_sandboxes(&env, 2000);
     let command = Mounted::command(&["prlimit", "--nofile=1024:1024", "--"], &env.home, &env.mnt, &[], None, &[]);
     let m = Mounted::launch(command, &env.mnt, &env.root().join("msbfs-mount.stderr"));
-    let names = fs::read_dir(&env.mnt).unwrap().count();
-    assert_eq!(names, 2000, "every sandbox is listed at once");
+    assert_eq!(sandboxes_in(&env.mnt).len(), 2000, "every sandbox is listed at once");
     for i in [0, 777, 1999] {
         let text = fs::read_to_string(env.merged(&format!("sb{i:04}"))).unwrap();
         assert_eq!(text.matches(&format!("hello from {i}\n")).count(), 3, "{text}");
@@ -211,13 +214,13 @@ fn an_unlistable_sandboxes_directory_keeps_every_sandbox() {
     let wrapper = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all", "--"];
     let command = Mounted::command(&wrapper, &env.home, &env.mnt, &[], None, &[]);
     let m = Mounted::launch(command, &env.mnt, &env.root().join("msbfs-mount.stderr"));
-    wait_until(Duration::from_secs(5), "both listed", || fs::read_dir(&env.mnt).unwrap().count() == 2);
+    wait_until(Duration::from_secs(5), "both listed", || sandboxes_in(&env.mnt).len() == 2);
     let ino = |name: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(env.merged(name)).unwrap());
     let before = (ino("a"), ino("b"));
     let sandboxes = env.home.join("sandboxes");
     chmod(&sandboxes, 0o000);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(fs::read_dir(&env.mnt).unwrap().count(), 2, "still both");
+    assert_eq!(sandboxes_in(&env.mnt).len(), 2, "still both");
     assert_eq!((ino("a"), ino("b")), before, "same files");
     chmod(&sandboxes, 0o755);
     append_exec(&env.logs_dir("a"), "stdout", 1, "after\n");

@@ -185,13 +185,6 @@ fn spawn(mut command: Command, stderr_path: &Path) -> ChildGuard {
     ChildGuard::new("msbfs mount", child)
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
-}
-
 fn send_signal(pid: u32, sig: i32) {
     // SAFETY: signalling a process of this test.
     unsafe {
@@ -207,7 +200,7 @@ fn expect_ready_and_answering(listener: &Listener, env: &Env, pid: u32, name: &s
     let elapsed = since.elapsed().as_secs_f64();
     // Nothing may be retried here: the mount must already answer.
     assert!(mounts_at(&env.mnt).iter().any(|m| m.is_msbfs()), "READY=1 before the mount exists");
-    assert_eq!(names_in(&env.mnt), vec![name.to_string()], "READY=1 before the root lists the sandbox");
+    assert_eq!(sandboxes_in(&env.mnt), vec![name.to_string()], "READY=1 before the root lists the sandbox");
     let merged = fs::read_to_string(env.merged(name)).expect("merged.log readable at READY=1");
     assert!(merged.contains(line), "merged.log at READY=1: {merged:?}");
     assert_eq!(note.text, format!("READY=1\nSTATUS=Serving {}\n", env.mnt.display()));
@@ -292,7 +285,7 @@ fn an_unusable_notify_socket_is_only_a_warning() {
     assert!(stderr.contains("READY=1"), "{stderr}");
 
     let m = env.mount_env(&[("NOTIFY_SOCKET", "relative/notify")]);
-    assert_eq!(names_in(&env.mnt), vec!["web".to_string()]);
+    assert_eq!(sandboxes_in(&env.mnt), vec!["web".to_string()]);
     let stderr = m.stderr();
     m.stop();
     assert!(stderr.contains("$NOTIFY_SOCKET is not usable"), "{stderr}");
@@ -540,7 +533,7 @@ fn a_mount_made_in_a_slave_mount_namespace_is_not_seen_by_the_host() {
     let mnt = env.mnt.display().to_string();
     assert!(inside.lines().any(|l| l.contains(&format!(" {mnt} ")) && l.contains("fuse.msbfs")), "{inside}");
     assert!(mounts_at(&env.mnt).is_empty(), "the host sees no mount at {mnt}");
-    assert!(names_in(&env.mnt).is_empty(), "the host sees the empty mountpoint");
+    assert!(sandboxes_in(&env.mnt).is_empty(), "the host sees the empty mountpoint");
     daemon.signal(libc::SIGTERM);
     expect_stopping(&listener, daemon.pid());
     assert!(daemon.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
@@ -731,7 +724,7 @@ fn the_units_command_line_serves_within_the_units_privileges_and_system_calls() 
     eprintln!("READY=1 under strace {:.3} s after spawn", t.elapsed().as_secs_f64());
     assert!(note.text.starts_with("READY=1\n"), "{note:?}");
     let pid = note.pid;
-    assert_eq!(names_in(&env.mnt), vec!["private".to_string(), "web".to_string()]);
+    assert_eq!(sandboxes_in(&env.mnt), vec!["private".to_string(), "web".to_string()]);
     // $MSBFS_OPTIONS of the sample file, split into words: --allow-other took effect.
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let ours = mountinfo.lines().find(|l| l.contains(&format!(" {} ", env.mnt.display()))).unwrap();

@@ -303,12 +303,7 @@ fn sandbox_appears_and_disappears() {
     let env = Env::new();
     env.logs_dir("old");
     let _m = env.mount();
-    let names = || -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(&env.mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        v.sort();
-        v
-    };
+    let names = || sandboxes_in(&env.mnt);
     assert_eq!(names(), vec!["old".to_string()]);
 
     let logs = env.logs_dir("fresh");

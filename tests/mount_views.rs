@@ -316,3 +316,104 @@ fn a_boot_error_is_shown_once_per_record() {
     assert_eq!(system.matches("boot error").count(), 2, "{system}");
     m.stop();
 }
+
+/// Appends exec entry `i` of sandbox `name` (a line that names both).
+fn append_numbered(logs: &Path, name: &str, i: u64) {
+    append_exec(logs, "stdout", 1, &format!("{name} line {i:04}\n"));
+}
+
+/// The (name, text) of each line of `all.log`, checking its shape.
+fn all_lines(bytes: &[u8]) -> Vec<(String, String)> {
+    lines(bytes)
+        .into_iter()
+        .map(|l| {
+            let text = std::str::from_utf8(l).unwrap();
+            let mut parts = text[25..].splitn(3, ' ');
+            let (name, tag, rest) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or(""));
+            assert_eq!(tag, "stdout[1]", "{text:?}");
+            (name.to_string(), rest.trim_end().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn all_log_holds_every_sandbox_line_once_with_its_name_across_removal_and_restart() {
+    require_mount!();
+    let env = Env::new();
+    let names: Vec<String> = (0..50).map(|i| format!("sb{i:02}")).collect();
+    for name in &names {
+        append_numbered(&env.logs_dir(name), name, 0);
+    }
+    let m = env.mount();
+    let all = env.mnt.join("all.log");
+    wait_until(Duration::from_secs(10), "every sandbox in all.log", || {
+        fs::read(&all).is_ok_and(|b| lines(&b).len() == names.len())
+    });
+    // 50 sandboxes writing at once.
+    std::thread::scope(|scope| {
+        for name in &names {
+            let logs = env.logs_dir(name);
+            scope.spawn(move || {
+                for i in 1..20 {
+                    append_numbered(&logs, name, i);
+                }
+            });
+        }
+    });
+    wait_until(Duration::from_secs(10), "every line in all.log", || {
+        fs::read(&all).is_ok_and(|b| lines(&b).len() == names.len() * 20)
+    });
+    let check_all = |bytes: &[u8], want: &dyn Fn(&str) -> Vec<String>| {
+        let mut per: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, text) in all_lines(bytes) {
+            assert!(text.starts_with(&format!("{name} line ")), "{name}: {text}");
+            per.entry(name).or_default().push(text);
+        }
+        for name in &names {
+            assert_eq!(per.get(name).cloned().unwrap_or_default(), want(name), "{name}");
+        }
+    };
+    let numbered =
+        |name: &str, range: std::ops::Range<u64>| range.map(|i| format!("{name} line {i:04}")).collect::<Vec<_>>();
+    let first = read_all(&all);
+    check_all(&first, &|n| numbered(n, 0..20));
+    // all.jsonl: the same entries, each with its sandbox.
+    let jsonl = read_all(&env.mnt.join("all.jsonl"));
+    let entries: Vec<serde_json::Value> = lines(&jsonl).iter().map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(entries.len(), names.len() * 20);
+    for e in &entries {
+        let name = e["sandbox"].as_str().unwrap();
+        assert!(e["d"].as_str().unwrap().starts_with(&format!("{name} line ")), "{e}");
+    }
+    // A sandbox removed and created again: its old lines stay, new ones follow.
+    fs::remove_dir_all(env.home.join("sandboxes/sb07")).unwrap();
+    wait_until(Duration::from_secs(10), "sb07 gone", || !env.mnt.join("sb07").exists());
+    let logs = env.logs_dir("sb07");
+    for i in 20..25 {
+        append_numbered(&logs, "sb07", i);
+    }
+    wait_until(Duration::from_secs(10), "sb07's new lines", || {
+        fs::read(&all).is_ok_and(|b| lines(&b).len() == names.len() * 20 + 5)
+    });
+    let second = read_all(&all);
+    assert!(second.starts_with(&first), "all.log only grows");
+    let want = |n: &str| if n == "sb07" { numbered(n, 0..25) } else { numbered(n, 0..20) };
+    check_all(&second, &want);
+    // Restarted: the same bytes, and what comes next follows them.
+    m.stop();
+    append_numbered(&env.logs_dir("sb00"), "sb00", 20);
+    let m = env.mount();
+    wait_until(Duration::from_secs(10), "the line written while stopped", || {
+        fs::read(&all).is_ok_and(|b| lines(&b).len() == names.len() * 20 + 6)
+    });
+    let third = read_all(&all);
+    assert!(third.starts_with(&second), "all.log is the same after a restart");
+    check_all(&third, &|n| match n {
+        "sb07" => numbered(n, 0..25),
+        "sb00" => numbered(n, 0..21),
+        _ => numbered(n, 0..20),
+    });
+    let jsonl_again = read_all(&env.mnt.join("all.jsonl"));
+    assert!(jsonl_again.starts_with(&jsonl), "all.jsonl too");
+    m.stop();
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{FsError, ReadReply, SandboxNode};
+use super::{FsError, ReadReply};
 
 /// How often the watchdog checks parked readers for signals.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -66,8 +66,9 @@ pub struct Parked {
     pub size: u32,
     /// Thread id of the reader (FUSE request pid).
     pub pid: u32,
-    /// The sandbox the handle reads.
-    pub node: Arc<SandboxNode>,
+    /// What growth can answer it: the inode block of the sandbox the handle reads, or
+    /// [`super::ALL_KEY`] for `all.*`.
+    pub key: u64,
     /// When it parked.
     pub since: Instant,
     /// Where the answer goes.
@@ -134,10 +135,10 @@ impl Follow {
         }
     }
 
-    /// Removes and returns the reads parked on `node`.
-    pub fn take_for(&self, node: &Arc<SandboxNode>) -> Vec<Parked> {
+    /// Removes and returns the reads parked on `key`.
+    pub fn take_for(&self, key: u64) -> Vec<Parked> {
         let mut state = self.state.lock();
-        let (mine, rest) = std::mem::take(&mut state.parked).into_iter().partition(|p| Arc::ptr_eq(&p.node, node));
+        let (mine, rest) = std::mem::take(&mut state.parked).into_iter().partition(|p| p.key == key);
         state.parked = rest;
         mine
     }

@@ -25,6 +25,7 @@ use crate::ingest::Catalog;
 use crate::store::INODE_BLOCK;
 use crate::time::now_ms;
 use crate::timeline::Timeline;
+use crate::view::all::AllViews;
 use crate::view::{EpochViews, TextView, View};
 use follow::{EofStreak, Follow, Parked};
 
@@ -211,10 +212,56 @@ impl SandboxNode {
     }
 }
 
-/// An open file of a sandbox.
+/// Inode numbers of `all.log` and `all.jsonl` (below every epoch's block).
+const ALL_LOG_INO: u64 = 3;
+const ALL_JSONL_INO: u64 = 4;
+/// The key of reads parked on `all.*` (no epoch's block starts at 0).
+pub const ALL_KEY: u64 = 0;
+
+/// What an open file reads.
+#[derive(Clone)]
+enum Target {
+    /// A file of a sandbox.
+    Sandbox(Arc<SandboxNode>, View),
+    /// `all.log` (`false`) or `all.jsonl` (`true`).
+    All(Arc<AllViews>, bool),
+}
+
+impl Target {
+    fn read(&self, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            Target::Sandbox(node, view) => node.read(*view, offset, max),
+            Target::All(all, false) => all.read_log(offset, max),
+            Target::All(all, true) => all.read_jsonl(offset, max),
+        }
+    }
+
+    /// True when no more bytes will come (a sandbox that went away).
+    fn is_closed(&self) -> bool {
+        match self {
+            Target::Sandbox(node, _) => node.timeline.is_closed(),
+            Target::All(..) => false,
+        }
+    }
+
+    fn key(&self) -> u64 {
+        match self {
+            Target::Sandbox(node, _) => node.dir_ino,
+            Target::All(..) => ALL_KEY,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Target::Sandbox(node, _) => &node.name,
+            Target::All(..) => "all",
+        }
+    }
+}
+
+/// An open file.
 struct Handle {
-    node: Arc<SandboxNode>,
-    view: View,
+    target: Target,
     nonblock: bool,
     /// End-of-file answers since the last data: when a read at the end parks.
     eofs: EofStreak,
@@ -247,6 +294,8 @@ pub struct Fs {
     ceiling: Option<u64>,
     /// The time the follow rule goes by: the monotonic clock, or a test's.
     clock: Clock,
+    /// `all.log` and `all.jsonl`, once set ([`Fs::set_all_views`]).
+    all: RwLock<Option<Arc<AllViews>>>,
     me: Weak<Fs>,
 }
 
@@ -275,7 +324,33 @@ impl Fs {
             started_ms: now_ms(),
             ceiling,
             clock,
+            all: RwLock::new(None),
             me: me.clone(),
+        })
+    }
+
+    /// Shows `all.log` and `all.jsonl` at the root, fed by every sandbox added from now on.
+    pub fn set_all_views(&self, all: Arc<AllViews>) {
+        *self.all.write() = Some(all);
+    }
+
+    fn all_views(&self) -> Option<Arc<AllViews>> {
+        self.all.read().clone()
+    }
+
+    fn all_attr(&self, ino: u64) -> Option<Attr> {
+        let all = self.all_views()?;
+        let meta = all.meta();
+        let size = all.size(ino == ALL_JSONL_INO);
+        Some(Attr {
+            ino,
+            kind: NodeKind::File,
+            size,
+            perm: meta.mode,
+            nlink: 1,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_ms: meta.mtime_ms,
         })
     }
 
@@ -356,6 +431,14 @@ impl Fs {
             if let (Some(size), ceiling::NAME) = (self.ceiling, name) {
                 return Ok(self.ceiling_attr(size));
             }
+            let all = match name {
+                "all.log" => self.all_attr(ALL_LOG_INO),
+                "all.jsonl" => self.all_attr(ALL_JSONL_INO),
+                _ => None,
+            };
+            if let Some(attr) = all {
+                return Ok(attr);
+            }
             let node = self.nodes.read().by_name.get(name).cloned().ok_or(FsError::NotFound)?;
             return Ok(Self::dir_attr(&node, node.dir_ino));
         }
@@ -386,6 +469,9 @@ impl Fs {
         if let (Some(size), ceiling::INO) = (self.ceiling, ino) {
             return Ok(self.ceiling_attr(size));
         }
+        if let Some(attr) = (ino == ALL_LOG_INO || ino == ALL_JSONL_INO).then(|| self.all_attr(ino)).flatten() {
+            return Ok(attr);
+        }
         let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
         Ok(Self::attr_of(&node, ino, place))
     }
@@ -404,6 +490,10 @@ impl Fs {
             }));
             if self.ceiling.is_some() {
                 out.push(DirEntry { ino: ceiling::INO, kind: NodeKind::File, name: ceiling::NAME.into() });
+            }
+            if self.all_views().is_some() {
+                out.push(DirEntry { ino: ALL_LOG_INO, kind: NodeKind::File, name: "all.log".into() });
+                out.push(DirEntry { ino: ALL_JSONL_INO, kind: NodeKind::File, name: "all.jsonl".into() });
             }
             return Ok(out);
         }
@@ -453,10 +543,17 @@ impl Fs {
         if self.ceiling.is_some() && ino == ceiling::INO {
             return Ok(ceiling::FH);
         }
-        let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
-        let Place::File(view) = place else { return Err(FsError::IsDir) };
+        let target = match (ino, self.all_views()) {
+            (ALL_LOG_INO, Some(all)) => Target::All(all, false),
+            (ALL_JSONL_INO, Some(all)) => Target::All(all, true),
+            _ => {
+                let (node, place) = self.node(ino).ok_or(FsError::NotFound)?;
+                let Place::File(view) = place else { return Err(FsError::IsDir) };
+                Target::Sandbox(node, view)
+            }
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { node, view, nonblock: flags & libc::O_NONBLOCK != 0, eofs: EofStreak::default() };
+        let handle = Handle { target, nonblock: flags & libc::O_NONBLOCK != 0, eofs: EofStreak::default() };
         self.handles.write().insert(fh, Arc::new(Mutex::new(handle)));
         Ok(fh)
     }
@@ -476,19 +573,19 @@ impl Fs {
         let Some(handle) = self.handles.read().get(&fh).cloned() else {
             return reply.error(FsError::BadHandle);
         };
-        let (attempt, node) = {
+        let (attempt, key) = {
             let mut h = handle.lock();
             h.nonblock = flags & libc::O_NONBLOCK != 0;
-            (Self::attempt(&mut h, offset, size, Some((self.clock)())), h.node.clone())
+            (Self::attempt(&mut h, offset, size, Some((self.clock)())), h.target.key())
         };
         match attempt {
             Attempt::Data(bytes) => reply.data(&bytes),
             Attempt::Eof => reply.data(&[]),
             Attempt::Failed(e) => reply.error(e),
             Attempt::Park => {
-                self.follow.park(Parked { fh, offset, size, pid, node: node.clone(), since: Instant::now(), reply });
+                self.follow.park(Parked { fh, offset, size, pid, key, since: Instant::now(), reply });
                 // An append between the attempt and the park would otherwise be missed.
-                self.wake(&node);
+                self.wake(key);
             }
         }
     }
@@ -496,10 +593,10 @@ impl Fs {
     /// One read attempt on a locked handle. `arrived` is when a new read arrived, `None`
     /// when a parked read is retried (it does not count as another end-of-file read).
     fn attempt(h: &mut Handle, offset: u64, size: u32, arrived: Option<Instant>) -> Attempt {
-        let out = match h.node.read(h.view, offset, size as usize) {
+        let out = match h.target.read(offset, size as usize) {
             Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(sandbox = ?h.node.name, offset, "cannot read the store: {e}");
+                tracing::warn!(sandbox = ?h.target.name(), offset, "cannot read the store: {e}");
                 return Attempt::Failed(FsError::Io);
             }
         };
@@ -507,7 +604,7 @@ impl Fs {
             h.eofs.reset();
             return Attempt::Data(out);
         }
-        if h.node.timeline.is_closed() {
+        if h.target.is_closed() {
             return Attempt::Eof;
         }
         match arrived {
@@ -517,10 +614,10 @@ impl Fs {
         }
     }
 
-    /// Answers the parked reads of `node` that can now be answered.
-    fn wake(&self, node: &Arc<SandboxNode>) {
+    /// Answers the parked reads on `key` that can now be answered.
+    fn wake(&self, key: u64) {
         let mut still = Vec::new();
-        for read in self.follow.take_for(node) {
+        for read in self.follow.take_for(key) {
             let handle = self.handles.read().get(&read.fh).cloned();
             let Some(handle) = handle else {
                 read.reply.data(&[]);
@@ -560,6 +657,9 @@ impl Fs {
 
     /// Ends every parked read with end of file (unmount).
     pub fn shutdown(&self) {
+        if let Some(all) = self.all_views() {
+            all.flush();
+        }
         self.follow.stop();
     }
 }
@@ -569,8 +669,17 @@ impl Catalog for Fs {
         let dir_ino = timeline.ino_base();
         let views = match EpochViews::open(timeline.store().clone()) {
             Ok(views) => {
+                let all = self.all_views();
+                if let Some(all) = &all {
+                    all.add(name, views.clone(), Some(timeline.clone()));
+                }
                 let observer = views.clone();
-                timeline.set_observer(Arc::new(move |c| observer.on_commit(c)));
+                timeline.set_observer(Arc::new(move |c| {
+                    observer.on_commit(c);
+                    if let Some(all) = &all {
+                        all.on_commit(dir_ino, c);
+                    }
+                }));
                 Some(views)
             }
             Err(e) => {
@@ -594,7 +703,8 @@ impl Catalog for Fs {
                         views.flush();
                     }
                 }
-                fs.wake(&node);
+                fs.wake(node.dir_ino);
+                fs.wake(ALL_KEY);
             }
         }));
         let mut nodes = self.nodes.write();
@@ -605,9 +715,30 @@ impl Catalog for Fs {
     }
 
     fn sandbox_removed(&self, name: &str) {
-        let mut nodes = self.nodes.write();
-        if let Some(old) = nodes.by_name.remove(name) {
-            nodes.by_block.remove(&old.dir_ino);
+        let old = {
+            let mut nodes = self.nodes.write();
+            let old = nodes.by_name.remove(name);
+            if let Some(old) = &old {
+                nodes.by_block.remove(&old.dir_ino);
+            }
+            old
+        };
+        if let Some(old) = old {
+            if let Some(views) = &old.views {
+                views.save_meta(&old.timeline.meta());
+            }
+            if let Some(all) = self.all_views() {
+                all.retire(old.dir_ino);
+            }
+        }
+    }
+
+    fn epoch_kept(&self, store: Arc<crate::store::EpochStore>) {
+        let Some(all) = self.all_views() else { return };
+        let name = store.header().name.clone();
+        match EpochViews::open(store) {
+            Ok(views) => all.add(&name, views, None),
+            Err(e) => tracing::warn!(sandbox = ?name, "cannot open what all.log keeps of an ended sandbox: {e}"),
         }
     }
 }

@@ -50,6 +50,9 @@ pub trait Catalog: Send + Sync {
     fn sandbox_added(&self, name: &str, timeline: Arc<Timeline>);
     /// The sandbox's epoch ended (its directory is gone or was replaced).
     fn sandbox_removed(&self, name: &str);
+    /// An epoch whose sandbox is gone, kept (retired) for `all.log` until the budget
+    /// drops it: found at start, or retired while msbfs was not running.
+    fn epoch_kept(&self, epoch: Arc<crate::store::EpochStore>);
 }
 
 /// Set to anything in the environment of `msbfs mount`, makes the ingest thread panic
@@ -153,7 +156,12 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
     let (tx, rx) = mpsc::channel();
     let watcher = Watcher::start(tx.clone())?;
     watcher.watch_sandboxes(&sandboxes);
-    let saved = store.saved_epochs().into_iter().map(|s| (s.header.name.clone(), s)).collect();
+    let (retired, saved): (Vec<SavedEpoch>, Vec<SavedEpoch>) =
+        store.saved_epochs().into_iter().partition(|s| s.retired_ms.is_some());
+    for epoch in store.open_retired(&retired) {
+        catalog.epoch_kept(epoch);
+    }
+    let saved = saved.into_iter().map(|s| (s.header.name.clone(), s)).collect();
     let mut ingest = Ingest {
         sandboxes,
         store,
@@ -172,8 +180,8 @@ pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::
     if ingest.rescan() {
         // Saved state of sandboxes that no longer exist is removed.
         for (name, saved) in std::mem::take(&mut ingest.saved) {
-            tracing::info!(sandbox = ?name, "removing the saved state of a sandbox that no longer exists");
-            ingest.store.remove_saved(&saved);
+            tracing::info!(sandbox = ?name, "the sandbox no longer exists; its saved state is kept for all.log");
+            ingest.keep_saved(&saved);
         }
     }
     let panic_for_test = std::env::var_os(TEST_PANIC_ENV).is_some();
@@ -492,7 +500,19 @@ impl Ingest {
         self.catalog.sandbox_removed(name);
         self.watcher().unwatch(live.ingest.logs());
         self.watcher().unwatch(&live.dir);
-        self.store.remove_epoch(live.ingest.timeline().store());
+        self.store.retire_epoch(live.ingest.timeline().store());
+    }
+
+    /// Retires a saved epoch that will not be resumed (its sandbox is gone or was
+    /// recreated) and hands it to the catalog for `all.log`.
+    fn keep_saved(&mut self, saved: &SavedEpoch) {
+        match self.store.open_epoch(saved) {
+            Ok((epoch, _)) => {
+                self.store.retire_epoch(&epoch);
+                self.catalog.epoch_kept(epoch);
+            }
+            Err(reason) => tracing::warn!(dir = %saved.dir.display(), "saved state unreadable ({}); removed", reason.0),
+        }
     }
 
     /// Resumes the saved epoch of `name` if it belongs to this very directory, else
@@ -514,7 +534,7 @@ impl Ingest {
                 }
             } else {
                 tracing::info!(sandbox = ?name, "the sandbox directory was recreated; new epoch");
-                self.store.remove_saved(&saved);
+                self.keep_saved(&saved);
             }
         }
         let ingest = match resumed {

@@ -17,6 +17,9 @@ impl Catalog for Recorder {
     fn sandbox_removed(&self, name: &str) {
         self.0.lock().push((format!("-{name}"), None));
     }
+    fn epoch_kept(&self, epoch: Arc<crate::store::EpochStore>) {
+        self.0.lock().push((format!("={}", epoch.header().name), None));
+    }
 }
 
 impl Recorder {
@@ -109,7 +112,7 @@ fn a_restart_resumes_the_epoch_and_a_recreated_sandbox_starts_anew() {
 }
 
 #[test]
-fn the_state_of_sandboxes_that_no_longer_exist_is_removed() {
+fn the_state_of_sandboxes_that_no_longer_exist_is_retired_and_kept() {
     let home = tempfile::tempdir().unwrap();
     for name in ["a", "b"] {
         std::fs::create_dir_all(home.path().join("sandboxes").join(name).join("logs")).unwrap();
@@ -119,10 +122,19 @@ fn the_state_of_sandboxes_that_no_longer_exist_is_removed() {
     std::fs::remove_dir_all(home.path().join("sandboxes/b")).unwrap();
     let s = store(home.path());
     assert_eq!(s.saved_epochs().len(), 2);
-    let handle = spawn(home.path(), s.clone(), Arc::new(Recorder::default())).unwrap();
-    let names: Vec<String> = s.saved_epochs().into_iter().map(|e| e.header.name).collect();
-    assert_eq!(names, ["a"]);
+    let recorder = Arc::new(Recorder::default());
+    let handle = spawn(home.path(), s.clone(), recorder.clone()).unwrap();
+    // b is kept for all.log, retired: never resumed, handed over as kept.
+    let saved = s.saved_epochs();
+    let retired: Vec<(String, bool)> = saved.iter().map(|e| (e.header.name.clone(), e.retired_ms.is_some())).collect();
+    assert_eq!(retired, [("a".to_string(), false), ("b".to_string(), true)]);
+    assert_eq!(recorder.names(), ["+a", "=b"]);
     handle.stop();
+    drop(s);
+    // At the next start it is handed over again, before any sandbox.
+    let recorder = Arc::new(Recorder::default());
+    spawn(home.path(), store(home.path()), recorder.clone()).unwrap().stop();
+    assert_eq!(recorder.names()[..2], ["=b", "+a"]);
 }
 
 #[test]

@@ -321,6 +321,11 @@ pub struct EpochStore {
     dirty: AtomicBool,
     /// Created since the last sync: its directory entries are not durable yet.
     fresh: AtomicBool,
+    /// When its sandbox went away (Unix milliseconds), `i64::MAX` while it is live: a
+    /// retired epoch is kept for `all.log` until the budget drops it.
+    retired_ms: AtomicI64,
+    /// Its state was deleted: nothing can be read from it any more.
+    removed: AtomicBool,
 }
 
 impl std::fmt::Debug for EpochStore {
@@ -589,6 +594,8 @@ impl EpochStore {
             usage,
             dirty: AtomicBool::new(false),
             fresh: AtomicBool::new(false),
+            retired_ms: AtomicI64::new(i64::MAX),
+            removed: AtomicBool::new(false),
         };
         let w = store.writer.lock();
         store.account(&w);
@@ -632,6 +639,26 @@ impl EpochStore {
     /// The epoch's identity.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// When its sandbox went away, if it did ([`super::Store::retire_epoch`]).
+    pub fn retired_ms(&self) -> Option<i64> {
+        Some(self.retired_ms.load(Ordering::Relaxed)).filter(|ms| *ms != i64::MAX)
+    }
+
+    /// Marks it retired at `ms` (in memory; the store records it on disk).
+    pub(crate) fn set_retired(&self, ms: i64) {
+        self.retired_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// True once its state was deleted.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Its state is being deleted.
+    pub(crate) fn set_removed(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     /// Its directory.

@@ -38,6 +38,10 @@ const INODE_BLOCKS_RESERVED: u64 = 256;
 const SYNCFS_FROM: usize = 8;
 /// Largest default budget.
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+/// Most retired epochs kept (the oldest beyond are deleted whole).
+pub const MAX_RETIRED: usize = 1024;
+/// The file in an epoch's directory that marks it retired (its sandbox went away).
+const RETIRED_FILE: &str = "retired";
 
 /// Why the store cannot be used: a one-line message (exit code 2 at start).
 #[derive(Debug)]
@@ -103,6 +107,9 @@ pub struct SavedEpoch {
     pub header: Header,
     /// Its directory.
     pub dir: PathBuf,
+    /// When its sandbox went away, for a retired epoch (never resumed; kept for
+    /// `all.log` until the budget drops it).
+    pub retired_ms: Option<i64>,
 }
 
 /// The state directory of one mounted home: the epochs, the lock, the budget.
@@ -211,7 +218,11 @@ impl Store {
         for entry in entries.flatten() {
             let dir = entry.path();
             match read_saved_header(&dir) {
-                Ok(header) => out.push(SavedEpoch { header, dir }),
+                Ok(header) => {
+                    let retired_ms =
+                        std::fs::read_to_string(dir.join(RETIRED_FILE)).ok().map(|t| t.trim().parse().unwrap_or(0));
+                    out.push(SavedEpoch { header, dir, retired_ms })
+                }
                 Err(reason) => {
                     tracing::warn!(dir = %dir.display(), "saved state unreadable ({reason}); removed");
                     let _ = std::fs::remove_dir_all(&dir);
@@ -288,17 +299,14 @@ impl Store {
 
     /// Drops the oldest droppable segment of the whole store; false when none is left.
     fn drop_oldest_segment(&self) -> bool {
-        let oldest = {
-            let epochs = self.epochs.lock();
-            epochs.iter().filter_map(|e| e.oldest_droppable_ms().map(|ms| (ms, e.clone()))).min_by_key(|(ms, _)| *ms)
-        };
-        oldest.and_then(|(_, epoch)| epoch.drop_oldest()).is_some()
+        self.drop_one(self.oldest_droppable())
     }
 
     /// Deletes an epoch's state (its sandbox is gone, or a new epoch replaces it).
     /// Readers with the file open keep reading through the open descriptors.
     pub fn remove_epoch(&self, epoch: &Arc<EpochStore>) {
         self.epochs.lock().retain(|e| !Arc::ptr_eq(e, epoch));
+        epoch.set_removed();
         epoch.forget_footprint();
         if let Err(e) = std::fs::remove_dir_all(epoch.dir()) {
             tracing::warn!(dir = %epoch.dir().display(), "cannot remove the state of an ended epoch: {e}");
@@ -310,20 +318,71 @@ impl Store {
         let _ = std::fs::remove_dir_all(&saved.dir);
     }
 
+    /// Retires an epoch whose sandbox went away: it is never resumed, and is kept (for
+    /// `all.log`) until the budget drops it, oldest first, or more than
+    /// [`MAX_RETIRED`] epochs are retired.
+    pub fn retire_epoch(&self, epoch: &Arc<EpochStore>) {
+        let now = now_ms();
+        if let Err(e) = std::fs::write(epoch.dir().join(RETIRED_FILE), now.to_string()) {
+            tracing::warn!(dir = %epoch.dir().display(), "cannot mark an ended epoch retired ({e}); removed");
+            return self.remove_epoch(epoch);
+        }
+        epoch.set_retired(now);
+        let mut retired: Vec<Arc<EpochStore>> =
+            self.epochs.lock().iter().filter(|e| e.retired_ms().is_some()).cloned().collect();
+        if retired.len() > MAX_RETIRED {
+            retired.sort_by_key(|e| e.retired_ms());
+            for old in &retired[..retired.len() - MAX_RETIRED] {
+                self.remove_epoch(old);
+            }
+        }
+    }
+
+    /// Opens the retired epochs found at start (for reading); unreadable ones are removed.
+    pub fn open_retired(&self, saved: &[SavedEpoch]) -> Vec<Arc<EpochStore>> {
+        let mut out = Vec::new();
+        for s in saved.iter().filter(|s| s.retired_ms.is_some()) {
+            match self.open_epoch(s) {
+                Ok((epoch, _)) => {
+                    epoch.set_retired(s.retired_ms.unwrap_or(0));
+                    out.push(epoch);
+                }
+                Err(e) => tracing::warn!(dir = %s.dir.display(), "a retired epoch is unreadable ({}); removed", e.0),
+            }
+        }
+        out
+    }
+
+    /// The oldest thing the budget can drop: a segment of an epoch, or a retired
+    /// epoch that has only its open segment left (dropped whole).
+    fn oldest_droppable(&self) -> Option<(i64, Arc<EpochStore>)> {
+        let epochs = self.epochs.lock();
+        epochs
+            .iter()
+            .filter_map(|e| e.oldest_droppable_ms().or_else(|| e.retired_ms()).map(|ms| (ms, e.clone())))
+            .min_by_key(|(ms, _)| *ms)
+    }
+
+    /// Drops what [`Store::oldest_droppable`] found; false when nothing could be.
+    fn drop_one(&self, found: Option<(i64, Arc<EpochStore>)>) -> bool {
+        let Some((_, epoch)) = found else { return false };
+        if epoch.drop_oldest().is_some() {
+            return true;
+        }
+        if epoch.retired_ms().is_some() {
+            self.remove_epoch(&epoch);
+            return true;
+        }
+        false
+    }
+
     /// Drops the oldest closed segments across every epoch until the store is within
     /// its budget (or nothing more can be dropped, which is warned about once).
     pub fn enforce_budget(&self) {
         while self.usage() > self.budget {
-            let oldest = {
-                let epochs = self.epochs.lock();
-                epochs
-                    .iter()
-                    .filter_map(|e| e.oldest_droppable_ms().map(|ms| (ms, e.clone())))
-                    .min_by_key(|(ms, _)| *ms)
-            };
-            match oldest.and_then(|(_, epoch)| epoch.drop_oldest()) {
-                Some(_) => self.warned_over.store(false, Ordering::Relaxed),
-                None => {
+            match self.drop_one(self.oldest_droppable()) {
+                true => self.warned_over.store(false, Ordering::Relaxed),
+                false => {
                     if !self.warned_over.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             usage = self.usage(),
@@ -477,6 +536,30 @@ mod tests {
         store.remove_epoch(&new);
         assert!(store.usage() < before);
         assert!(!new.dir().exists());
+    }
+
+    #[test]
+    fn a_retired_epoch_is_kept_until_the_budget_drops_it_whole_and_is_never_resumed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), root.path(), Some(1 << 20)).unwrap();
+        let gone = store.create_epoch("gone", b"1").unwrap();
+        fill(&gone, 2);
+        store.retire_epoch(&gone);
+        assert!(gone.retired_ms().is_some());
+        let saved = store.saved_epochs();
+        assert_eq!(saved.iter().filter(|s| s.retired_ms.is_some()).count(), 1, "marked on disk");
+        // Within the budget it stays; past it, its segments go first, then it whole.
+        store.enforce_budget();
+        assert!(gone.dir().exists());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let live = store.create_epoch("live", b"2").unwrap();
+        while !gone.is_removed() {
+            fill(&live, 1);
+            store.enforce_budget();
+            assert!(store.usage() <= store.budget());
+        }
+        assert!(!gone.dir().exists(), "the retired epoch went first, whole");
+        assert_eq!(live.dropped(), 0, "before anything of the live one");
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl JsonIndex {
 
 /// Appends bytes `[from, to)` of the notice standing for JSON span `[start, end)`: lines
 /// of at most 4 KiB, each a JSON object padded with spaces, ending exactly at `end`.
-fn push_notice(start: u64, end: u64, from: u64, to: u64, out: &mut Vec<u8>) {
+pub(crate) fn push_notice(start: u64, end: u64, from: u64, to: u64, out: &mut Vec<u8>) {
     const HEAD: &[u8] = b"{\"s\":\"msbfs\",\"d\":\"this range of merged.jsonl is no longer kept\"";
     let min = HEAD.len() as u64 + 2;
     let line_at = |rel: u64| -> (u64, u64) {

@@ -12,6 +12,7 @@
 //! `user.offset.of.` xattrs) are here too, answered from the indexes without reading
 //! a file from its start.
 
+pub mod all;
 pub mod jsonl;
 pub mod runs;
 
@@ -29,7 +30,7 @@ use crate::store::notice::MissingRange;
 use crate::store::pool::{self, PooledFile};
 use crate::store::EpochStore;
 use crate::time::{parse_rfc3339_prefix, TIMESTAMP_LEN};
-use crate::timeline::{cursor, Committed, CursorPos};
+use crate::timeline::{cursor, Committed, CursorPos, FileMeta};
 use jsonl::JsonIndex;
 use runs::RunIndex;
 
@@ -314,6 +315,41 @@ impl EpochViews {
     /// The epoch's store.
     pub fn store(&self) -> &Arc<EpochStore> {
         &self.store
+    }
+
+    /// Visits the JSON entries from JSON offset `from` on (an entry's start), in order,
+    /// until `visit` breaks. `NotFound` when the store no longer has them.
+    pub fn scan_json(&self, from: u64, mut visit: impl FnMut(&jsonl::Visit<'_>) -> ControlFlow<()>) -> io::Result<()> {
+        let json = self.json.lock();
+        let Some(point) = json.point_at_json(from)? else { return Ok(()) };
+        json.scan(point, |v| if v.json < from { ControlFlow::Continue(()) } else { visit(v) })
+    }
+
+    /// The number of entries before JSON offset `json` (an entry's start or the end).
+    pub fn entries_before(&self, json: u64) -> io::Result<u64> {
+        let mut found = None;
+        self.scan_json(json, |v| {
+            found = Some(v.index);
+            ControlFlow::Break(())
+        })?;
+        Ok(found.unwrap_or_else(|| self.json.lock().entries()))
+    }
+
+    /// Records the attributes `merged.log` had when its sandbox went away (who may read
+    /// what `all.log` keeps of it).
+    pub fn save_meta(&self, meta: &FileMeta) {
+        let text = format!("{} {} {}\n", meta.uid, meta.gid, meta.mode);
+        if let Err(e) = std::fs::write(self.dir.join("meta"), text) {
+            tracing::warn!(dir = %self.dir.display(), "cannot record who may read an ended sandbox: {e}");
+        }
+    }
+
+    /// What [`EpochViews::save_meta`] recorded.
+    pub fn saved_meta(&self) -> Option<FileMeta> {
+        let text = std::fs::read_to_string(self.dir.join("meta")).ok()?;
+        let mut parts = text.split_whitespace().map(|p| p.parse::<u32>().ok());
+        let (uid, gid, mode) = (parts.next()??, parts.next()??, parts.next()??);
+        Some(FileMeta { uid, gid, mode: mode as u16, mtime_ms: 0 })
     }
 
     /// Sessions seen so far: id and number in order of appearance, by id.

@@ -682,6 +682,19 @@ pub fn append_exec(logs: &Path, stream: &str, id: u64, text: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
+/// The sandboxes a mount lists (its directories; `all.log` and `all.jsonl` are files),
+/// sorted.
+pub fn sandboxes_in(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Names of files in `logs`, sorted.
 pub fn log_files(logs: &Path) -> Vec<String> {
     let mut v: Vec<String> =
