@@ -417,17 +417,9 @@ impl AllViews {
         let end = size.min(offset.saturating_add(max));
         let key = |r: &Run| if json { r.all_json } else { r.all };
         let len = |r: &Run| if json { r.all_json_len } else { r.all_len };
-        let (mut lo, mut hi) = (0, st.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if key(&self.run(&st, mid)?) <= offset {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+        let first = super::last_index_where(st.count, |i| self.run(&st, i), |r| key(r) <= offset)?;
         let mut out = Vec::new();
-        let mut i = lo.saturating_sub(1);
+        let mut i = first.unwrap_or(0);
         while i < st.count {
             let run = self.run(&st, i)?;
             if key(&run) >= end {

@@ -180,16 +180,7 @@ impl JsonIndex {
 
     /// Index of the last point for which `before` holds (a prefix of the points).
     fn last_point_where(&self, before: impl Fn(&Point) -> bool) -> io::Result<Option<u64>> {
-        let (mut lo, mut hi) = (0, self.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if before(&self.point(mid)?) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo.checked_sub(1))
+        super::last_index_where(self.count, |i| self.point(i), before)
     }
 
     /// The span of JSON from point `i` to the next one (or the end).

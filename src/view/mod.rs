@@ -97,6 +97,25 @@ impl TextView {
     }
 }
 
+/// The last of entries `0..count` for which `before` holds, where `before` holds for a
+/// prefix of them (a binary search over an index read with `get`).
+fn last_index_where<T>(
+    count: u64,
+    get: impl Fn(u64) -> io::Result<T>,
+    before: impl Fn(&T) -> bool,
+) -> io::Result<Option<u64>> {
+    let (mut lo, mut hi) = (0, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(&get(mid)?) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo.checked_sub(1))
+}
+
 /// The tag of a rendered line: its name and session id (`stdout[7]` → `stdout`, 7).
 fn line_tag(line: &[u8]) -> Option<(&[u8], Option<u64>)> {
     let tag = line.get(TIMESTAMP_LEN + 1..)?;

@@ -123,16 +123,7 @@ impl RunIndex {
     /// Index of the last run for which `before` is true (`before` is true for a prefix
     /// of the runs), or `None`.
     fn last_where(&self, before: impl Fn(&Run) -> bool) -> io::Result<Option<u64>> {
-        let (mut lo, mut hi) = (0, self.count());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if before(&self.get(mid)?) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo.checked_sub(1))
+        super::last_index_where(self.count(), |i| self.get(i), before)
     }
 
     /// Adds the line `[merged, merged + len)` at the end of the view.
