@@ -160,7 +160,7 @@ many_mount() { # sets MANY_SECS: from start until all 2,000 are listed with thei
     </dev/null >/dev/null 2>>"$WORK/many.log" &
   PID=$!
   until [[ -e $MANY/mnt/sb1999/merged.log ]]; do sleep 0.01; done
-  [[ $(ls "$MANY/mnt" | wc -l) == 2000 ]] || { echo "not all 2,000 listed" >&2; exit 1; }
+  [[ $(find "$MANY/mnt" -mindepth 1 -maxdepth 1 -type d | wc -l) == 2000 ]] || { echo "not all 2,000 listed" >&2; exit 1; }
   [[ $(stat -c %s "$MANY/mnt/sb1999/merged.log") == $(wc -c <"$MANY/mnt/sb1999/merged.log") ]] || { echo "st_size wrong" >&2; exit 1; }
   MANY_SECS=$(py "print(f'{$(now) - $t0:.2f}')")
 }

@@ -415,5 +415,11 @@ fn all_log_holds_every_sandbox_line_once_with_its_name_across_removal_and_restar
     });
     let jsonl_again = read_all(&env.mnt.join("all.jsonl"));
     assert!(jsonl_again.starts_with(&jsonl), "all.jsonl too");
+    // By time: every line here is of 21:00:00.000.
+    for (file, size) in [("all.log", third.len()), ("all.jsonl", jsonl_again.len())] {
+        let path = env.mnt.join(file);
+        assert_eq!(getfattr(&path, "user.offset.at.2026-04-30T21:00:00Z").unwrap(), "0", "{file}");
+        assert_eq!(getfattr(&path, "user.offset.at.2026-04-30T21:00:00.001Z").unwrap(), size.to_string(), "{file}");
+    }
     m.stop();
 }

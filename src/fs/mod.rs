@@ -642,6 +642,9 @@ impl Fs {
     /// Value of xattr `name` of `ino` ([`xattr`]).
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         self.getattr(ino)?;
+        if let (ALL_LOG_INO | ALL_JSONL_INO, Some(all)) = (ino, self.all_views()) {
+            return xattr::get_all(&all, ino == ALL_JSONL_INO, name);
+        }
         let Some((node, Place::File(view))) = self.node(ino) else { return Err(FsError::NoAttr) };
         xattr::get(&node, view, name)
     }

@@ -14,6 +14,7 @@
 use super::{FsError, SandboxNode};
 use crate::time::{now_ms, parse_rfc3339};
 use crate::timeline::cursor;
+use crate::view::all::AllViews;
 use crate::view::{CursorError, View};
 
 /// The cursor at the end.
@@ -69,6 +70,20 @@ pub fn get(node: &SandboxNode, view: View, name: &str) -> Result<Vec<u8>, FsErro
         };
     }
     Err(FsError::NoAttr)
+}
+
+/// The value of xattr `name` of `all.log` (`all.jsonl` when `json`): only
+/// `user.offset.at.<time>` (a cursor is per sandbox).
+pub fn get_all(all: &AllViews, json: bool, name: &str) -> Result<Vec<u8>, FsError> {
+    let Some(time) = name.strip_prefix(OFFSET_AT) else { return Err(FsError::NoAttr) };
+    let ts = parse_time(time, now_ms()).ok_or(FsError::Invalid)?;
+    match all.offset_at(json, ts) {
+        Ok(offset) => Ok(offset.to_string().into_bytes()),
+        Err(e) => {
+            tracing::warn!("cannot read the all.log index: {e}");
+            Err(FsError::Io)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -559,8 +559,10 @@ impl Ingest {
         self.watcher().watch_sandbox(name, &dir);
         let mut live = Live { ingest, dir, identity };
         live.ingest.set_context(&self.context);
-        live.ingest.poll(true);
+        // Added before the first poll, so what derives views from each commit sees the
+        // history commit by commit instead of reading it all back.
         self.catalog.sandbox_added(name, live.ingest.timeline().clone());
+        live.ingest.poll(true);
         self.live.insert(name.to_string(), live);
     }
 }

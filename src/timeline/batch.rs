@@ -8,7 +8,7 @@ use crate::source::{ChainEvent, PerSource, SourceKind};
 use crate::store::Cut;
 
 use super::journal::{Checkpoint, Entry};
-use super::json::{render_json, EntryKind, JsonContext, LogEntry};
+use super::json::{json_len, EntryKind, LogEntry};
 use super::ops::Op;
 use super::render::Assembler;
 use super::CursorPos;
@@ -41,7 +41,6 @@ pub struct Batch {
 /// What the batch needs to record source entries for `merged.jsonl`.
 #[derive(Debug)]
 struct LogState {
-    epoch: u64,
     /// Source positions after the last entry.
     positions: [CursorPos; 3],
     /// True once the positions before the first entry are recorded.
@@ -52,8 +51,6 @@ struct LogState {
     entries: u64,
     /// Latest timestamp of an entry so far.
     max_ts: Option<i64>,
-    /// Scratch space a JSON line is rendered into to learn its length.
-    scratch: Vec<u8>,
     /// The entries' records, appended to the payload at the end of the batch (after
     /// the ops, so `Take`s of one source still coalesce).
     payload: Vec<u8>,
@@ -84,10 +81,9 @@ pub struct Finished {
 }
 
 impl Batch {
-    /// A batch of epoch `epoch` starting at merged offset `start`, `segment_len` bytes
-    /// into a segment that closes past `segment_target` bytes, with the sources at
-    /// `positions`.
-    pub fn new(epoch: u64, start: u64, segment_len: u64, segment_target: u64, positions: [CursorPos; 3]) -> Batch {
+    /// A batch starting at merged offset `start`, `segment_len` bytes into a segment
+    /// that closes past `segment_target` bytes, with the sources at `positions`.
+    pub fn new(start: u64, segment_len: u64, segment_target: u64, positions: [CursorPos; 3]) -> Batch {
         Batch {
             start,
             bytes: Vec::new(),
@@ -98,16 +94,7 @@ impl Batch {
             segment_target,
             open_take: None,
             moved: PerSource([None; 3]),
-            log: LogState {
-                epoch,
-                positions,
-                recorded: false,
-                json_len: 0,
-                entries: 0,
-                max_ts: None,
-                scratch: Vec::new(),
-                payload: Vec::new(),
-            },
+            log: LogState { positions, recorded: false, json_len: 0, entries: 0, max_ts: None, payload: Vec::new() },
         }
     }
 
@@ -149,9 +136,7 @@ impl Batch {
         };
         entry.apply(&mut self.log.positions);
         let log = &mut self.log;
-        log.scratch.clear();
-        render_json(&entry, JsonContext { epoch: log.epoch, after: &log.positions, sandbox: None }, &mut log.scratch);
-        entry.json_len = log.scratch.len() as u64;
+        entry.json_len = json_len(&entry, None);
         log.json_len += entry.json_len;
         log.entries += 1;
         log.max_ts = Some(log.max_ts.map_or(entry.ts, |m| m.max(entry.ts)));

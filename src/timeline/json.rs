@@ -182,6 +182,47 @@ pub fn render_json(entry: &LogEntry, cx: JsonContext<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Length of the line [`render_json`] appends for `entry` (`sandbox` as in its
+/// context), computed without rendering it.
+pub fn json_len(entry: &LogEntry, sandbox: Option<&str>) -> u64 {
+    const CURSOR_LEN: u64 = 88; // base64 of 1 + 4 x 16 bytes
+    let digits = |mut v: u64| {
+        let mut n = 1;
+        while v >= 10 {
+            v /= 10;
+            n += 1;
+        }
+        n
+    };
+    let mut len = 6 + 24 + 1; // {"t":"…"
+    if let Some(name) = sandbox {
+        len += 11 + json_string_len(name.as_bytes()); // ,"sandbox":…
+    }
+    len += 6 + entry.kind.name().len() as u64 + 1; // ,"s":"…"
+    if let (_, Some(id)) = entry.kind.code() {
+        len += 6 + digits(id); // ,"id":…
+    }
+    len += 5; // ,"d":
+    len += match std::str::from_utf8(&entry.text) {
+        Ok(_) => json_string_len(&entry.text),
+        Err(_) => 1 + (entry.text.len() as u64).div_ceil(3) * 4 + 11, // "…","e":"b64"
+    };
+    len + 11 + CURSOR_LEN + 11 + digits(entry.start) + 2 // ,"cursor":"…","offset":…}\n
+}
+
+/// Length of `text` as [`push_json_string`] writes it.
+fn json_string_len(text: &[u8]) -> u64 {
+    let escapes: u64 = text
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\t' | b'\r' => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    text.len() as u64 + 2 + escapes
+}
+
 /// Appends `text` (valid UTF-8) as a JSON string: `"` and `\` escaped, control
 /// characters as `\n`, `\t`, `\r` or `\u00XX`, everything else as it is.
 pub fn push_json_string(text: &[u8], out: &mut Vec<u8>) {
@@ -262,6 +303,46 @@ mod tests {
         assert_eq!(v["s"], "boot-error");
         assert!(v.get("id").is_none());
         assert_eq!(json(&entry(EntryKind::Record(Tag::Notice), b""), None)["s"], "msbfs");
+    }
+
+    #[test]
+    fn the_computed_length_is_the_rendered_length() {
+        let texts: [&[u8]; 7] = [
+            b"",
+            b"plain\n",
+            b"\"q\" \\ \t\r\n\x00\x1b\x7f",
+            b"\xff",
+            b"\xff\xfe\xfd\xfc",
+            "日本\u{1}".as_bytes(),
+            &[b'x'; 70_000],
+        ];
+        let kinds = [
+            EntryKind::Record(Tag::Stdout(Some(0))),
+            EntryKind::Record(Tag::Stderr(Some(9))),
+            EntryKind::Record(Tag::Output(Some(u64::MAX))),
+            EntryKind::Record(Tag::Stdout(None)),
+            EntryKind::Record(Tag::Kernel),
+            EntryKind::Record(Tag::Notice),
+            EntryKind::BootError,
+        ];
+        let after = [CursorPos { generation: u64::MAX, offset: 3 }, CursorPos::default(), CursorPos::default()];
+        for text in texts {
+            for kind in kinds {
+                for (start, sandbox) in [(0, None), (9, Some("web")), (123_456_789_012, Some("a \"b\"\n"))] {
+                    let mut e = entry(kind, text);
+                    e.start = start;
+                    e.end = start + 5;
+                    let mut out = Vec::new();
+                    render_json(&e, JsonContext { epoch: u64::MAX, after: &after, sandbox }, &mut out);
+                    assert_eq!(
+                        json_len(&e, sandbox),
+                        out.len() as u64,
+                        "{kind:?} {sandbox:?} {:?}",
+                        &text[..text.len().min(20)]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

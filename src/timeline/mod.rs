@@ -58,6 +58,8 @@ pub struct Committed<'a> {
     pub entries: u64,
     /// Latest timestamp of those entries.
     pub entries_max_ts: Option<i64>,
+    /// Latest timestamp of its lines.
+    pub lines_max_ts: Option<i64>,
 }
 
 /// Called with every commit before anyone is told of it.
@@ -184,7 +186,7 @@ impl Timeline {
     /// Starts a batch at the current end, with the sources at `positions`.
     pub fn begin_batch(&self, positions: [CursorPos; 3]) -> Batch {
         let target = self.segment_target.load(Ordering::Relaxed);
-        Batch::new(self.epoch(), self.size(), *self.segment_len.lock(), target, positions)
+        Batch::new(self.size(), *self.segment_len.lock(), target, positions)
     }
 
     /// Appends a batch to the store (before anyone can see it), publishes the new size
@@ -204,7 +206,8 @@ impl Timeline {
         *self.segment_len.lock() = segment_len;
         let observer = self.observer.lock().clone();
         if let Some(observer) = observer {
-            observer(&Committed { journal_off, start, bytes: &bytes, json_len, entries, entries_max_ts });
+            let lines_max_ts = span.map(|(_, hi)| hi);
+            observer(&Committed { journal_off, start, bytes: &bytes, json_len, entries, entries_max_ts, lines_max_ts });
         }
         {
             let mut p = self.published.lock();

@@ -239,7 +239,7 @@ fn takes_coalesce_and_held_fragments_delay_a_checkpoint_until_forced() {
     );
     assert_eq!(fin.span, Some((T0, T0)));
     // A fragment is held: no checkpoint until the segment is overdue, then a forced flush.
-    let mut batch = Batch::new(1, 0, 0, SEGMENT_TARGET, [CursorPos::default(); 3]);
+    let mut batch = Batch::new(0, 0, SEGMENT_TARGET, [CursorPos::default(); 3]);
     let big = Record { ts: T0, tag: Tag::Kernel, text: vec![b'k'; 60_000] };
     let mut due_at = None;
     for i in 0..40 {

@@ -32,7 +32,7 @@ use crate::time::parse_rfc3339_prefix;
 use crate::timeline::json::{push_json_string, render_json, JsonContext};
 use crate::timeline::{Committed, FileMeta, Timeline};
 
-const RUN_LEN: u64 = 72;
+const RUN_LEN: u64 = 88;
 /// Longest run in `merged.log` bytes: a read in the middle of a run walks its lines
 /// from its start.
 const MAX_RUN: u64 = 256 << 10;
@@ -57,30 +57,42 @@ struct Run {
     json_len: u64,
     /// Time of its first line (for a notice standing for it).
     ts: i64,
+    /// The latest time of a line (an entry) in it or any run before it: what a search
+    /// by time skips by.
+    max_ts: i64,
+    json_max_ts: i64,
 }
 
 impl Run {
     fn encode(&self) -> [u8; RUN_LEN as usize] {
         let mut e = [0u8; RUN_LEN as usize];
-        for (i, v) in
-            [self.all, self.all_json, self.epoch, self.merged, self.json, self.ts as u64].into_iter().enumerate()
-        {
+        let words = [
+            self.all,
+            self.all_json,
+            self.epoch,
+            self.merged,
+            self.json,
+            self.ts as u64,
+            self.max_ts as u64,
+            self.json_max_ts as u64,
+        ];
+        for (i, v) in words.into_iter().enumerate() {
             e[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         for (i, v) in [self.merged_len, self.json_len, self.all_len, self.all_json_len].into_iter().enumerate() {
-            e[48 + i * 4..52 + i * 4].copy_from_slice(&(v as u32).to_le_bytes());
+            e[64 + i * 4..68 + i * 4].copy_from_slice(&(v as u32).to_le_bytes());
         }
-        let crc = crc32fast::hash(&e[..64]);
-        e[64..68].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&e[..80]);
+        e[80..84].copy_from_slice(&crc.to_le_bytes());
         e
     }
 
     fn decode(e: &[u8]) -> Option<Run> {
-        if crc32fast::hash(&e[..64]).to_le_bytes() != e[64..68] {
+        if crc32fast::hash(&e[..80]).to_le_bytes() != e[80..84] {
             return None;
         }
         let w = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let h = |i: usize| u64::from(u32::from_le_bytes(e[48 + i * 4..52 + i * 4].try_into().expect("4 bytes")));
+        let h = |i: usize| u64::from(u32::from_le_bytes(e[64 + i * 4..68 + i * 4].try_into().expect("4 bytes")));
         Some(Run {
             all: w(0),
             all_json: w(1),
@@ -88,6 +100,8 @@ impl Run {
             merged: w(3),
             json: w(4),
             ts: w(5) as i64,
+            max_ts: w(6) as i64,
+            json_max_ts: w(7) as i64,
             merged_len: h(0),
             json_len: h(1),
             all_len: h(2),
@@ -125,6 +139,9 @@ struct State {
     size: u64,
     json_size: u64,
     members: HashMap<u64, Member>,
+    /// The latest time of a line, and of an entry, taken in.
+    max_ts: i64,
+    json_max_ts: i64,
     /// How far each epoch was taken in, from the last progress record (for epochs not
     /// added yet).
     recorded: HashMap<u64, (u64, u64)>,
@@ -155,10 +172,7 @@ impl AllViews {
         std::fs::create_dir_all(&dir)?;
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("runs"))?;
-        let progress: serde_json::Value = std::fs::read(dir.join("progress"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null);
+        let progress = read_progress(&dir.join("progress")).unwrap_or(serde_json::Value::Null);
         let mut recorded: HashMap<u64, (u64, u64)> = HashMap::new();
         if let Some(epochs) = progress["epochs"].as_object() {
             for (k, v) in epochs {
@@ -201,6 +215,8 @@ impl AllViews {
             size,
             json_size,
             members: HashMap::new(),
+            max_ts: last.map_or(i64::MIN, |r| r.max_ts),
+            json_max_ts: last.map_or(i64::MIN, |r| r.json_max_ts),
             recorded,
             last_progress: Instant::now(),
         };
@@ -254,15 +270,22 @@ impl AllViews {
         if merged >= size && json >= json_size {
             return Ok(());
         }
-        let entries = views.entries_before(json_size)? - views.entries_before(json)?;
-        let mut json_part = Some((json, json_size - json, entries));
+        let (mut entries, mut entries_max_ts) = (0, None::<i64>);
+        views.scan_json(json, |v| {
+            entries += 1;
+            entries_max_ts = Some(entries_max_ts.map_or(v.entry.ts, |m| m.max(v.entry.ts)));
+            ControlFlow::Continue(())
+        })?;
+        let mut json_part = Some((json, json_size - json, entries, entries_max_ts));
         while merged < size || json_part.is_some() {
             let len = (size - merged).min(MAX_RUN);
             let bytes = views.store().read(merged, len as usize)?;
             let whole = memchr::memrchr(b'\n', &bytes).map_or(bytes.len(), |i| i + 1);
             let bytes = &bytes[..whole];
-            let (json_start, json_len, entries) = json_part.take().unwrap_or((json_size, 0, 0));
-            self.append(st, epoch, merged, bytes, json_start, json_len, entries)?;
+            let (json_start, json_len, entries, max_ts) = json_part.take().unwrap_or((json_size, 0, 0, None));
+            let lines_max_ts =
+                bytes.split(|&b| b == b'\n').filter_map(|l| parse_rfc3339_prefix(l).map(|(t, _)| t)).max();
+            self.append(st, epoch, (merged, bytes, lines_max_ts), (json_start, json_len, entries, max_ts))?;
             merged += bytes.len() as u64;
             if bytes.is_empty() {
                 break;
@@ -278,8 +301,8 @@ impl AllViews {
         let result = if m.merged_end != c.start {
             self.catch_up(&mut st, epoch)
         } else {
-            let json = m.json_end;
-            self.append(&mut st, epoch, c.start, c.bytes, json, c.json_len, c.entries)
+            let json = (m.json_end, c.json_len, c.entries, c.entries_max_ts);
+            self.append(&mut st, epoch, (c.start, c.bytes, c.lines_max_ts), json)
         };
         if let Err(e) = result {
             tracing::warn!("cannot index all.log: {e}");
@@ -289,22 +312,24 @@ impl AllViews {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Appends `lines` of epoch `epoch`: its `merged.log` offset, the bytes and their
+    /// latest time; and `json`: its `merged.jsonl` range (start, length), the entries in
+    /// it and their latest time.
     fn append(
         &self,
         st: &mut State,
         epoch: u64,
-        merged: u64,
-        bytes: &[u8],
-        json: u64,
-        json_len: u64,
-        entries: u64,
+        lines: (u64, &[u8], Option<i64>),
+        json: (u64, u64, u64, Option<i64>),
     ) -> io::Result<()> {
+        let ((merged, bytes, lines_max_ts), (json, json_len, entries, entries_max_ts)) = (lines, json);
         if bytes.is_empty() && json_len == 0 {
             return Ok(());
         }
         let m = st.members.get_mut(&epoch).expect("a member");
         let lines = memchr::memchr_iter(b'\n', bytes).count() as u64;
+        st.max_ts = st.max_ts.max(lines_max_ts.unwrap_or(i64::MIN));
+        st.json_max_ts = st.json_max_ts.max(entries_max_ts.unwrap_or(i64::MIN));
         let (line_extra, entry_extra) = (m.line_extra, m.entry_extra);
         m.merged_end = merged + bytes.len() as u64;
         m.json_end = json + json_len;
@@ -319,6 +344,7 @@ impl AllViews {
         };
         let run = match st.last.filter(fits) {
             Some(mut r) => {
+                (r.max_ts, r.json_max_ts) = (st.max_ts, st.json_max_ts);
                 r.merged_len += bytes.len() as u64;
                 r.json_len += json_len;
                 r.all_len += all_len;
@@ -337,6 +363,8 @@ impl AllViews {
                 json,
                 json_len,
                 ts,
+                max_ts: st.max_ts,
+                json_max_ts: st.json_max_ts,
             },
         };
         st.file.write_all_at(&run.encode(), st.count * RUN_LEN)?;
@@ -356,10 +384,18 @@ impl AllViews {
         for (k, m) in &st.members {
             epochs.insert(k.to_string(), serde_json::json!([m.merged_end, m.json_end]));
         }
-        let progress = serde_json::json!({"runs": st.count, "epochs": epochs});
-        let tmp = self.dir.join("progress.tmp");
-        let written =
-            std::fs::write(&tmp, progress.to_string()).and_then(|()| std::fs::rename(&tmp, self.dir.join("progress")));
+        let progress = serde_json::json!({"runs": st.count, "epochs": epochs}).to_string();
+        // Written in place (length, checksum, text), never renamed or truncated: a torn
+        // record fails its checksum and the index is read from its start instead.
+        let mut record = (progress.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&crc32fast::hash(progress.as_bytes()).to_le_bytes());
+        record.extend_from_slice(progress.as_bytes());
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join("progress"))
+            .and_then(|f| f.write_all_at(&record, 0));
         if let Err(e) = written {
             tracing::warn!("cannot record how far all.log is indexed: {e}");
         }
@@ -442,6 +478,48 @@ impl AllViews {
             });
         }
         Ok((out, end))
+    }
+
+    /// The offset in `all.log` (`json`: `all.jsonl`) of the first line at or after `ts`,
+    /// the size when there is none: the runs before the first whose latest time reaches
+    /// `ts` are skipped, the rest read line by line.
+    pub fn offset_at(&self, json: bool, ts: i64) -> io::Result<u64> {
+        let (start, size) = {
+            let st = self.state.lock();
+            let key = |r: &Run| if json { r.json_max_ts } else { r.max_ts };
+            let before = super::last_index_where(st.count, |i| self.run(&st, i), |r| key(r) < ts)?;
+            let first = before.map_or(0, |i| i + 1);
+            if first >= st.count {
+                return Ok(if json { st.json_size } else { st.size });
+            }
+            let run = self.run(&st, first)?;
+            (if json { run.all_json } else { run.all }, if json { st.json_size } else { st.size })
+        };
+        // A line's time: its first 24 bytes, or in JSON the "t" that comes first.
+        let time_of = |line: &[u8]| {
+            let text = if json { line.get(6..).unwrap_or(&[]) } else { line };
+            parse_rfc3339_prefix(text).map(|(t, _)| t)
+        };
+        let mut at = start;
+        let mut carry = Vec::new();
+        while at < size {
+            let chunk = if json { self.read_jsonl(at, 1 << 20)? } else { self.read_log(at, 1 << 20)? };
+            if chunk.is_empty() {
+                break;
+            }
+            let chunk_start = at - carry.len() as u64;
+            at += chunk.len() as u64;
+            carry.extend_from_slice(&chunk);
+            let mut pos = 0;
+            while let Some(nl) = memchr::memchr(b'\n', &carry[pos..]) {
+                if time_of(&carry[pos..pos + nl]).is_some_and(|t| t >= ts) {
+                    return Ok(chunk_start + pos as u64);
+                }
+                pos += nl + 1;
+            }
+            carry.drain(..pos);
+        }
+        Ok(size)
     }
 
     /// Reads up to `max` bytes of `all.log` at `offset`.
@@ -558,8 +636,45 @@ fn display_name(name: &str) -> String {
     out
 }
 
+/// The progress record written by [`AllViews::write_progress`], if it is whole.
+fn read_progress(path: &std::path::Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let text = bytes.get(8..8 + len)?;
+    (crc32fast::hash(text) == crc).then(|| serde_json::from_slice(text).ok()).flatten()
+}
+
 fn read_run(file: &File, i: u64) -> Option<Run> {
     let mut e = [0u8; RUN_LEN as usize];
     file.read_exact_at(&mut e, i * RUN_LEN).ok()?;
     Run::decode(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_round_trip_and_a_torn_one_is_refused() {
+        let run = Run {
+            all: 1 << 40,
+            all_len: 70_000,
+            all_json: 3,
+            all_json_len: 90_000,
+            epoch: 5 << 24,
+            merged: 77,
+            merged_len: 65_000,
+            json: 99,
+            json_len: 80_000,
+            ts: -5,
+            max_ts: 1_777_582_800_000,
+            json_max_ts: 1_777_582_800_001,
+        };
+        let mut e = run.encode();
+        assert_eq!(Run::decode(&e), Some(run));
+        e[70] ^= 1;
+        assert_eq!(Run::decode(&e), None);
+        assert_eq!(display_name("web 1\n\\"), "web\\x201\\x0a\\x5c");
+    }
 }

@@ -134,7 +134,16 @@ impl JsonIndex {
                 index.count_commit(journal_off, json_len, entries, entries_max_ts);
                 continue;
             }
-            index.add(&Committed { journal_off, start, bytes: &[], json_len, entries, entries_max_ts })?;
+            let lines_max_ts = None;
+            index.add(&Committed {
+                journal_off,
+                start,
+                bytes: &[],
+                json_len,
+                entries,
+                entries_max_ts,
+                lines_max_ts,
+            })?;
         }
         Ok(index)
     }
