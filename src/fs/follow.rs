@@ -98,9 +98,14 @@ pub struct Follow {
 }
 
 /// Pending, unblocked signals of thread `pid`, from `/proc/<pid>/status`
-/// (`(SigPnd | ShdPnd) & !SigBlk`). `None` when the thread no longer exists.
+/// (`(SigPnd | ShdPnd) & !SigBlk`). `None` when the thread no longer exists; when its
+/// status cannot be read for another reason (no descriptor left, say), none.
 pub fn pending_signals(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) => return None,
+        Err(_) => return Some(0),
+    };
     let field = |name: &str| {
         status
             .lines()

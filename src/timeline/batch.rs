@@ -7,7 +7,7 @@ use crate::source::record::{Record, Tag};
 use crate::source::{ChainEvent, PerSource, SourceKind};
 use crate::store::Cut;
 
-use super::journal::{Checkpoint, Entry};
+use super::journal::{self, Checkpoint, Entry};
 use super::json::{json_len, EntryKind, LogEntry};
 use super::ops::Op;
 use super::render::Assembler;
@@ -128,7 +128,7 @@ impl Batch {
         let mut entry = LogEntry {
             kind,
             ts: record.ts,
-            text: exact.to_vec(),
+            text: exact,
             start,
             end: self.start + self.bytes.len() as u64,
             moved,
@@ -140,7 +140,8 @@ impl Batch {
         log.json_len += entry.json_len;
         log.entries += 1;
         log.max_ts = Some(log.max_ts.map_or(entry.ts, |m| m.max(entry.ts)));
-        Entry::Logged(Box::new(entry)).encode(&mut log.payload);
+        log.payload.push(journal::E_LOGGED);
+        entry.encode(&mut log.payload);
     }
 
     fn entry(&mut self, entry: &Entry) {

@@ -68,7 +68,8 @@ const E_UPDATED: u8 = 2;
 const E_CHECKPOINT: u8 = 3;
 const E_END: u8 = 4;
 const E_LOG_STATE: u8 = 5;
-const E_LOGGED: u8 = 6;
+/// The tag of an [`Entry::Logged`] (which the batch encodes from a borrowed entry).
+pub(crate) const E_LOGGED: u8 = 6;
 const E_BOOT: u8 = 7;
 /// Longest boot-error line kept.
 const MAX_BOOT_TEXT: usize = 1 << 20;
@@ -234,6 +235,41 @@ impl Entry {
             _ => None,
         }
     }
+}
+
+/// What [`visit_log`] meets in a payload.
+#[derive(Debug)]
+pub enum LogItem<'a> {
+    /// The source positions before the entries that follow.
+    State([CursorPos; 3]),
+    /// A source entry, its text borrowed from the payload.
+    Entry(LogEntry<&'a [u8]>),
+}
+
+/// Visits the source entries of a payload in order, without copying their text, until
+/// `visit` breaks; other entries are skipped. False when the payload is malformed.
+pub fn visit_log<'a>(payload: &'a [u8], mut visit: impl FnMut(LogItem<'a>) -> std::ops::ControlFlow<()>) -> bool {
+    let mut d = Decoder::new(payload);
+    while !d.is_empty() {
+        let item = match d.rest().first() {
+            Some(&E_LOGGED) => {
+                d.u8();
+                match LogEntry::decode_ref(&mut d) {
+                    Some(e) => LogItem::Entry(e),
+                    None => return false,
+                }
+            }
+            _ => match Entry::decode(&mut d) {
+                Some(Entry::LogState(state)) => LogItem::State(state),
+                Some(_) => continue,
+                None => return false,
+            },
+        };
+        if visit(item).is_break() {
+            break;
+        }
+    }
+    true
 }
 
 /// Decodes every entry of a payload (from a cut's position, or from its start).

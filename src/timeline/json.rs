@@ -70,15 +70,16 @@ impl EntryKind {
     }
 }
 
-/// One source entry as the timeline records it.
+/// One source entry as the timeline records it; `T` holds its text (owned, or
+/// borrowed from a journal payload when read back: [`LogEntry::decode_ref`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogEntry {
+pub struct LogEntry<T = Vec<u8>> {
     /// Its kind (and session id).
     pub kind: EntryKind,
     /// Its timestamp, Unix milliseconds.
     pub ts: i64,
     /// The exact bytes.
-    pub text: Vec<u8>,
+    pub text: T,
     /// `merged.log` offset where its output starts.
     pub start: u64,
     /// `merged.log` size just after it was taken (its output, or nothing yet for a
@@ -90,7 +91,7 @@ pub struct LogEntry {
     pub json_len: u64,
 }
 
-impl LogEntry {
+impl<T: AsRef<[u8]>> LogEntry<T> {
     /// Appends the compact encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (code, id) = self.kind.code();
@@ -107,11 +108,28 @@ impl LogEntry {
             push_varint(out, pos.generation);
             push_varint(out, pos.offset);
         }
-        push_bytes(out, &self.text);
+        push_bytes(out, self.text.as_ref());
     }
 
+    /// The source positions after this entry, given those before it.
+    pub fn apply(&self, state: &mut [CursorPos; 3]) {
+        if let Some((kind, pos)) = self.moved {
+            state[kind.index()] = pos;
+        }
+    }
+}
+
+impl LogEntry {
     /// Decodes one entry; `None` on malformed input.
     pub fn decode(d: &mut Decoder<'_>) -> Option<LogEntry> {
+        let LogEntry { kind, ts, text, start, end, moved, json_len } = LogEntry::decode_ref(d)?;
+        Some(LogEntry { kind, ts, text: text.to_vec(), start, end, moved, json_len })
+    }
+}
+
+impl<'a> LogEntry<&'a [u8]> {
+    /// Decodes one entry, its text borrowed from the payload; `None` on malformed input.
+    pub fn decode_ref(d: &mut Decoder<'a>) -> Option<LogEntry<&'a [u8]>> {
         let head = d.u8()?;
         let id = if head & 8 != 0 { Some(d.varint()?) } else { None };
         let kind = EntryKind::from_code(head & 7, id)?;
@@ -126,15 +144,8 @@ impl LogEntry {
                 Some((kind, CursorPos { generation: d.varint()?, offset: d.varint()? }))
             }
         };
-        let text = d.bytes(MAX_ENTRY_TEXT)?.to_vec();
+        let text = d.bytes(MAX_ENTRY_TEXT)?;
         Some(LogEntry { kind, ts, text, start, end, moved, json_len })
-    }
-
-    /// The source positions after this entry, given those before it.
-    pub fn apply(&self, state: &mut [CursorPos; 3]) {
-        if let Some((kind, pos)) = self.moved {
-            state[kind.index()] = pos;
-        }
     }
 }
 
@@ -150,7 +161,8 @@ pub struct JsonContext<'a> {
 }
 
 /// Appends the JSON line of `entry`.
-pub fn render_json(entry: &LogEntry, cx: JsonContext<'_>, out: &mut Vec<u8>) {
+pub fn render_json<T: AsRef<[u8]>>(entry: &LogEntry<T>, cx: JsonContext<'_>, out: &mut Vec<u8>) {
+    let text = entry.text.as_ref();
     out.extend_from_slice(b"{\"t\":\"");
     push_timestamp(out, entry.ts);
     out.extend_from_slice(b"\"");
@@ -167,11 +179,11 @@ pub fn render_json(entry: &LogEntry, cx: JsonContext<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(id.to_string().as_bytes());
     }
     out.extend_from_slice(b",\"d\":");
-    match std::str::from_utf8(&entry.text) {
-        Ok(_) => push_json_string(&entry.text, out),
+    match std::str::from_utf8(text) {
+        Ok(_) => push_json_string(text, out),
         Err(_) => {
             out.push(b'"');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&entry.text).as_bytes());
+            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(text).as_bytes());
             out.extend_from_slice(b"\",\"e\":\"b64\"");
         }
     }
@@ -184,7 +196,8 @@ pub fn render_json(entry: &LogEntry, cx: JsonContext<'_>, out: &mut Vec<u8>) {
 
 /// Length of the line [`render_json`] appends for `entry` (`sandbox` as in its
 /// context), computed without rendering it.
-pub fn json_len(entry: &LogEntry, sandbox: Option<&str>) -> u64 {
+pub fn json_len<T: AsRef<[u8]>>(entry: &LogEntry<T>, sandbox: Option<&str>) -> u64 {
+    let text = entry.text.as_ref();
     const CURSOR_LEN: u64 = 88; // base64 of 1 + 4 x 16 bytes
     let digits = |mut v: u64| {
         let mut n = 1;
@@ -203,9 +216,9 @@ pub fn json_len(entry: &LogEntry, sandbox: Option<&str>) -> u64 {
         len += 6 + digits(id); // ,"id":…
     }
     len += 5; // ,"d":
-    len += match std::str::from_utf8(&entry.text) {
-        Ok(_) => json_string_len(&entry.text),
-        Err(_) => 1 + (entry.text.len() as u64).div_ceil(3) * 4 + 11, // "…","e":"b64"
+    len += match std::str::from_utf8(text) {
+        Ok(_) => json_string_len(text),
+        Err(_) => 1 + (text.len() as u64).div_ceil(3) * 4 + 11, // "…","e":"b64"
     };
     len + 11 + CURSOR_LEN + 11 + digits(entry.start) + 2 // ,"cursor":"…","offset":…}\n
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::store::pool::PooledFile;
 use crate::store::EpochStore;
-use crate::timeline::journal::{decode_entries, Entry};
+use crate::timeline::journal::{visit_log, LogItem};
 use crate::timeline::json::{render_json, JsonContext, LogEntry};
 use crate::timeline::{Committed, CursorPos};
 
@@ -63,8 +63,8 @@ impl Point {
 /// One entry met by a scan, with where it is.
 #[derive(Debug)]
 pub struct Visit<'a> {
-    /// The entry.
-    pub entry: &'a LogEntry,
+    /// The entry (its text borrowed from the journal).
+    pub entry: &'a LogEntry<&'a [u8]>,
     /// Offset of its JSON line.
     pub json: u64,
     /// Its number in the epoch (0 for the first).
@@ -116,15 +116,15 @@ impl JsonIndex {
         };
         let mut commits = Vec::new();
         index.store.commits_from(from, |c| {
-            let entries = decode_entries(&c.payload).unwrap_or_default();
             let mut count = (0, 0, None::<i64>);
-            for e in &entries {
-                if let Entry::Logged(e) = e {
+            visit_log(&c.payload, |item| {
+                if let LogItem::Entry(e) = item {
                     count.0 += e.json_len;
                     count.1 += 1;
                     count.2 = Some(count.2.map_or(e.ts, |m| m.max(e.ts)));
                 }
-            }
+                ControlFlow::Continue(())
+            });
             commits.push((c.journal_off, c.data_start, count));
             true
         })?;
@@ -207,24 +207,27 @@ impl JsonIndex {
         let (mut json, mut index, end) = (p.json, p.entry, self.size);
         let mut state = [CursorPos::default(); 3];
         self.store.commits_from(p.journal, |c| {
-            for e in decode_entries(&c.payload).unwrap_or_default() {
-                match e {
-                    Entry::LogState(s) => state = s,
-                    Entry::Logged(e) => {
+            let mut more = true;
+            visit_log(&c.payload, |item| {
+                match item {
+                    LogItem::State(s) => state = s,
+                    LogItem::Entry(e) => {
                         if json >= end {
-                            return false;
+                            more = false;
+                            return ControlFlow::Break(());
                         }
                         e.apply(&mut state);
                         if visit(&Visit { entry: &e, json, index, after: &state }).is_break() {
-                            return false;
+                            more = false;
+                            return ControlFlow::Break(());
                         }
                         json += e.json_len;
                         index += 1;
                     }
-                    _ => {}
                 }
-            }
-            true
+                ControlFlow::Continue(())
+            });
+            more
         })
     }
 
