@@ -128,12 +128,12 @@ done
 RESTART=$(median "${restarts[@]}")
 echo "restart to correct st_size: $RESTART s (median of 5)"
 # The bench sandbox's own state (the live one's is retired) and the views' share of it:
-# the journal holds the entries merged.jsonl is rendered from, views/ the run indexes
+# the journal holds the entries merged.jsonl is rendered from, view-* the run indexes
 # of the text views, all/ the runs of all.log and all.jsonl (over both sandboxes).
 EPOCH=$(for d in "$STATE"/*/epochs/*; do [[ -e $d/retired ]] || echo "$d"; done | head -n 1)
 per_mib() { py "print(f'{$1 * 1048576 / $SAVED:.0f}')"; }
 JOURNAL_PER_MIB=$(per_mib "$(du -sb "$EPOCH/journal" "$EPOCH/segments" | awk '{s += $1} END {print s}')")
-VIEWS_PER_MIB=$(per_mib "$(du -sb "$EPOCH/views" | cut -f1)")
+VIEWS_PER_MIB=$(per_mib "$(du -cb "$EPOCH"/view-* | tail -n 1 | cut -f1)")
 ALL_PER_MIB=$(per_mib "$(du -sb "$STATE"/*/all | cut -f1)")
 STATE_PER_MIB=$(py "print($JOURNAL_PER_MIB + $VIEWS_PER_MIB + $ALL_PER_MIB)")
 VIEWS_RATIO=$(py "print(f'{$STATE_PER_MIB / 1048576:.2f}')")

@@ -71,6 +71,8 @@ impl FilePool {
 pub struct PooledFile {
     path: PathBuf,
     slot: Mutex<Option<Arc<File>>>,
+    /// Created when first opened, if missing.
+    create: bool,
     used: AtomicU64,
     pool: Arc<FilePool>,
     me: Weak<PooledFile>,
@@ -84,9 +86,20 @@ impl PooledFile {
     /// The file at `path`, opened (read-write) when first used. Created now when
     /// `create`, which returns its descriptor too.
     pub fn new(pool: &Arc<FilePool>, path: PathBuf) -> Arc<PooledFile> {
+        PooledFile::with_create(pool, path, false)
+    }
+
+    /// The file at `path`, created (empty) when it is first opened if it is missing:
+    /// for files that exist only once there is something to write.
+    pub fn creating(pool: &Arc<FilePool>, path: PathBuf) -> Arc<PooledFile> {
+        PooledFile::with_create(pool, path, true)
+    }
+
+    fn with_create(pool: &Arc<FilePool>, path: PathBuf, create: bool) -> Arc<PooledFile> {
         Arc::new_cyclic(|me| PooledFile {
             path,
             slot: Mutex::new(None),
+            create,
             used: AtomicU64::new(0),
             pool: pool.clone(),
             me: me.clone(),
@@ -112,12 +125,12 @@ impl PooledFile {
             if let Some(file) = slot.as_ref() {
                 return Ok(file.clone());
             }
-            let file = match open_rw(&self.path, false) {
+            let file = match open_rw(&self.path, self.create) {
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                     drop(slot);
                     self.pool.shed();
                     slot = self.slot.lock();
-                    open_rw(&self.path, false)?
+                    open_rw(&self.path, self.create)?
                 }
                 other => other?,
             };

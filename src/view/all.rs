@@ -377,6 +377,8 @@ impl AllViews {
 
     fn write_progress(&self, st: &mut State) {
         st.last_progress = Instant::now();
+        // An epoch the budget removed reads as notices: nothing of it is needed.
+        st.members.retain(|_, m| !m.views.store().is_removed());
         let mut epochs = serde_json::Map::new();
         for (k, (m, j)) in &st.recorded {
             epochs.insert(k.to_string(), serde_json::json!([m, j]));

@@ -88,12 +88,16 @@ pub struct JsonIndex {
 }
 
 impl JsonIndex {
-    /// Opens the index kept in `points` and brings it up to the end of the journal.
-    pub fn open(store: Arc<EpochStore>, points: Arc<PooledFile>) -> io::Result<JsonIndex> {
-        let file = points.get()?;
-        let total = file.metadata()?.len() / POINT_LEN;
+    /// Opens the index kept in `points` (created with its first point when it does not
+    /// `exist`) and brings it up to the end of the journal.
+    pub fn open(store: Arc<EpochStore>, points: Arc<PooledFile>, exists: bool) -> io::Result<JsonIndex> {
         let mut index =
             JsonIndex { store, points, count: 0, last: None, size: 0, entries: 0, max_ts: i64::MIN, seen: None };
+        if !exists && index.store.size() == 0 {
+            return Ok(index);
+        }
+        let file = index.points.get()?;
+        let total = file.metadata()?.len() / POINT_LEN;
         let mut e = [0u8; POINT_LEN as usize];
         // The valid prefix (a point is written whole before anything that depends on it).
         let mut lo = 0;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::store::notice::MissingRange;
-use crate::store::pool::{self, PooledFile};
+use crate::store::pool::PooledFile;
 use crate::store::EpochStore;
 use crate::time::{parse_rfc3339_prefix, TIMESTAMP_LEN};
 use crate::timeline::{cursor, Committed, CursorPos, FileMeta};
@@ -161,6 +161,8 @@ pub enum CursorError {
     Io,
 }
 
+/// The prefix of the views' files in an epoch's directory.
+const VIEW_PREFIX: &str = "view-";
 /// Most sessions with a view of their own per epoch (inode numbers are per epoch).
 pub const MAX_SESSIONS: u64 = (1 << 24) - 64;
 /// Longest time runs stay in memory before they are written.
@@ -194,44 +196,49 @@ impl std::fmt::Debug for EpochViews {
     }
 }
 
-fn pooled(store: &EpochStore, path: PathBuf) -> io::Result<Arc<PooledFile>> {
-    if path.exists() {
-        Ok(PooledFile::new(store.pool(), path))
-    } else {
-        pool::create(store.pool(), path).map(|(f, _)| f)
-    }
-}
-
 impl EpochViews {
-    /// Opens the views of the epoch kept in `store` (in its `views/` directory) and
-    /// indexes what the store holds beyond what they had indexed.
+    /// Opens the views of the epoch kept in `store` (files `view-*` in its directory)
+    /// and indexes what the store holds beyond what they had indexed.
     pub fn open(store: Arc<EpochStore>) -> io::Result<Arc<EpochViews>> {
-        let dir = store.dir().join("views");
-        std::fs::create_dir_all(&dir)?;
-        let scanned = std::fs::read(dir.join("scanned"))
+        let dir = store.dir().to_path_buf();
+        // A new epoch's index files are created when there is something to write (no
+        // directory of their own: creating one per epoch is what costs most on ext4).
+        let fresh = store.size() == 0;
+        let file = |name: &str| {
+            let path = dir.join(format!("{VIEW_PREFIX}{name}"));
+            let exists = !fresh && path.exists();
+            (PooledFile::creating(store.pool(), path), exists)
+        };
+        let scanned = std::fs::read(dir.join(format!("{VIEW_PREFIX}scanned")))
             .ok()
             .filter(|b| b.len() == 12 && crc32fast::hash(&b[..8]).to_le_bytes() == b[8..12])
             .map_or(0, |b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
             .min(store.size());
         let mut fixed = Vec::new();
         for view in TextView::FIXED {
-            let name = view.file_name().replace(".log", ".runs");
-            fixed.push(RunIndex::open(pooled(&store, dir.join(name))?, scanned)?);
+            let (runs, exists) = file(&view.file_name().replace(".log", ".runs"));
+            fixed.push(RunIndex::open(runs, scanned, exists)?);
         }
         let mut sessions = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)?.flatten() {
+        let listed = if fresh { Vec::new() } else { std::fs::read_dir(&dir)?.flatten().collect() };
+        for entry in listed {
             let name = entry.file_name().to_string_lossy().into_owned();
             let parsed = name
-                .strip_prefix("session-")
+                .strip_prefix(VIEW_PREFIX)
+                .and_then(|n| n.strip_prefix("session-"))
                 .and_then(|n| n.strip_suffix(".runs"))
                 .and_then(|n| n.split_once('-'))
                 .and_then(|(number, id)| Some((number.parse::<u64>().ok()?, id.parse::<u64>().ok()?)));
             if let Some((number, id)) = parsed {
-                let runs = RunIndex::open(pooled(&store, entry.path())?, scanned)?;
+                let runs = RunIndex::open(PooledFile::creating(store.pool(), entry.path()), scanned, true)?;
                 sessions.insert(id, (number, runs));
             }
         }
-        let json = JsonIndex::open(store.clone(), pooled(&store, dir.join("jsonl.points"))?)?;
+        // Entries without output (a prompt) may exist while merged.log is still empty.
+        let points = dir.join(format!("{VIEW_PREFIX}jsonl.points"));
+        let exists = points.exists();
+        let points = PooledFile::creating(store.pool(), points);
+        let json = JsonIndex::open(store.clone(), points, exists)?;
         let text = TextState { scanned, fixed, sessions, last_flush: Instant::now(), warned_sessions: false };
         let views = Arc::new(EpochViews { store, dir, text: Mutex::new(text), json: Mutex::new(json) });
         views.catch_up(&mut views.text.lock())?;
@@ -287,8 +294,8 @@ impl EpochViews {
                 }
                 return Ok(None);
             }
-            let path = self.dir.join(format!("session-{number}-{id}.runs"));
-            let runs = RunIndex::open(pool::create(self.store.pool(), path)?.0, 0)?;
+            let path = self.dir.join(format!("{VIEW_PREFIX}session-{number}-{id}.runs"));
+            let runs = RunIndex::open(PooledFile::creating(self.store.pool(), path), 0, false)?;
             text.sessions.insert(id, (number, runs));
         }
         Ok(text.sessions.get_mut(&id).map(|(_, r)| r))
@@ -317,8 +324,11 @@ impl EpochViews {
         let mut mark = text.scanned.to_le_bytes().to_vec();
         mark.extend_from_slice(&crc32fast::hash(&mark).to_le_bytes());
         let written = result.and_then(|()| {
-            let file =
-                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(self.dir.join("scanned"))?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.dir.join(format!("{VIEW_PREFIX}scanned")))?;
             file.write_all_at(&mark, 0)
         });
         if let Err(e) = written {
@@ -358,14 +368,14 @@ impl EpochViews {
     /// what `all.log` keeps of it).
     pub fn save_meta(&self, meta: &FileMeta) {
         let text = format!("{} {} {}\n", meta.uid, meta.gid, meta.mode);
-        if let Err(e) = std::fs::write(self.dir.join("meta"), text) {
+        if let Err(e) = std::fs::write(self.dir.join(format!("{VIEW_PREFIX}meta")), text) {
             tracing::warn!(dir = %self.dir.display(), "cannot record who may read an ended sandbox: {e}");
         }
     }
 
     /// What [`EpochViews::save_meta`] recorded.
     pub fn saved_meta(&self) -> Option<FileMeta> {
-        let text = std::fs::read_to_string(self.dir.join("meta")).ok()?;
+        let text = std::fs::read_to_string(self.dir.join(format!("{VIEW_PREFIX}meta"))).ok()?;
         let mut parts = text.split_whitespace().map(|p| p.parse::<u32>().ok());
         let (uid, gid, mode) = (parts.next()??, parts.next()??, parts.next()??);
         Some(FileMeta { uid, gid, mode: mode as u16, mtime_ms: 0 })

@@ -65,9 +65,13 @@ pub struct RunIndex {
 }
 
 impl RunIndex {
-    /// The index kept in `file`, cut to the runs that lie below `merged_end` (what
-    /// was indexed before a crash past it is indexed again by the caller).
-    pub fn open(file: Arc<PooledFile>, merged_end: u64) -> io::Result<RunIndex> {
+    /// The index kept in `file` (created at the first flush when it does not `exist`),
+    /// cut to the runs that lie below `merged_end` (what was indexed before a crash
+    /// past it is indexed again by the caller).
+    pub fn open(file: Arc<PooledFile>, merged_end: u64, exists: bool) -> io::Result<RunIndex> {
+        if !exists {
+            return Ok(RunIndex { file, flushed: 0, tail: Vec::new(), size: 0 });
+        }
         let handle = file.get()?;
         let entries = handle.metadata()?.len() / RUN_LEN;
         let mut index = RunIndex { file, flushed: 0, tail: Vec::new(), size: 0 };
@@ -206,15 +210,13 @@ impl RunIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::pool::{self, FilePool};
+    use crate::store::pool::FilePool;
 
     fn index(dir: &std::path::Path, merged_end: u64) -> RunIndex {
         let pool = FilePool::new(8);
         let path = dir.join("v.runs");
-        if !path.exists() {
-            pool::create(&pool, path.clone()).unwrap();
-        }
-        RunIndex::open(PooledFile::new(&pool, path), merged_end).unwrap()
+        let exists = path.exists();
+        RunIndex::open(PooledFile::creating(&pool, path), merged_end, exists).unwrap()
     }
 
     #[test]
