@@ -169,11 +169,16 @@ pub const MAX_SESSIONS: u64 = (1 << 24) - 64;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Runs in memory past which they are written.
 const FLUSH_RUNS: usize = 4096;
+/// `merged.log` bytes past the written mark below which the runs are not written: a
+/// restart indexes that much again instead (milliseconds).
+const CHEAP_TO_INDEX_AGAIN: u64 = 4 << 20;
 
 #[derive(Debug)]
 struct TextState {
     /// `merged.log` bytes indexed.
     scanned: u64,
+    /// The `scanned` mark last written.
+    flushed: u64,
     fixed: Vec<RunIndex>,
     /// Sessions by id, with the number of their view in order of appearance.
     sessions: BTreeMap<u64, (u64, RunIndex)>,
@@ -239,7 +244,14 @@ impl EpochViews {
         let exists = points.exists();
         let points = PooledFile::creating(store.pool(), points);
         let json = JsonIndex::open(store.clone(), points, exists)?;
-        let text = TextState { scanned, fixed, sessions, last_flush: Instant::now(), warned_sessions: false };
+        let text = TextState {
+            scanned,
+            flushed: scanned,
+            fixed,
+            sessions,
+            last_flush: Instant::now(),
+            warned_sessions: false,
+        };
         let views = Arc::new(EpochViews { store, dir, text: Mutex::new(text), json: Mutex::new(json) });
         views.catch_up(&mut views.text.lock())?;
         Ok(views)
@@ -310,13 +322,16 @@ impl EpochViews {
             tracing::warn!(dir = %self.dir.display(), "cannot index a view: {e}");
         }
         let unflushed = text.fixed.iter().chain(text.sessions.values().map(|(_, r)| r)).map(RunIndex::unflushed);
-        if text.last_flush.elapsed() >= FLUSH_EVERY || unflushed.sum::<usize>() >= FLUSH_RUNS {
+        if unflushed.sum::<usize>() >= FLUSH_RUNS
+            || text.last_flush.elapsed() >= FLUSH_EVERY && text.scanned - text.flushed >= CHEAP_TO_INDEX_AGAIN
+        {
             self.flush_locked(&mut text);
         }
     }
 
     fn flush_locked(&self, text: &mut TextState) {
         text.last_flush = Instant::now();
+        text.flushed = text.scanned;
         let mut result = Ok(());
         for runs in text.fixed.iter_mut().chain(text.sessions.values_mut().map(|(_, r)| r)) {
             result = result.and(runs.flush());
@@ -336,9 +351,14 @@ impl EpochViews {
         }
     }
 
-    /// Writes what is indexed in memory (at shutdown, and once a second while commits come).
+    /// Writes what is indexed in memory, unless indexing it again at the next start is
+    /// cheap (at shutdown; while commits come, at most once a second): a small sandbox
+    /// writes no index files at all, which keeps a stop of thousands quick.
     pub fn flush(&self) {
-        self.flush_locked(&mut self.text.lock());
+        let mut text = self.text.lock();
+        if text.scanned - text.flushed >= CHEAP_TO_INDEX_AGAIN {
+            self.flush_locked(&mut text);
+        }
     }
 
     /// The epoch's store.
