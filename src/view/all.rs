@@ -502,26 +502,9 @@ impl AllViews {
             let text = if json { line.get(6..).unwrap_or(&[]) } else { line };
             parse_rfc3339_prefix(text).map(|(t, _)| t)
         };
-        let mut at = start;
-        let mut carry = Vec::new();
-        while at < size {
-            let chunk = if json { self.read_jsonl(at, 1 << 20)? } else { self.read_log(at, 1 << 20)? };
-            if chunk.is_empty() {
-                break;
-            }
-            let chunk_start = at - carry.len() as u64;
-            at += chunk.len() as u64;
-            carry.extend_from_slice(&chunk);
-            let mut pos = 0;
-            while let Some(nl) = memchr::memchr(b'\n', &carry[pos..]) {
-                if time_of(&carry[pos..pos + nl]).is_some_and(|t| t >= ts) {
-                    return Ok(chunk_start + pos as u64);
-                }
-                pos += nl + 1;
-            }
-            carry.drain(..pos);
-        }
-        Ok(size)
+        let read = |at: u64, max: usize| if json { self.read_jsonl(at, max) } else { self.read_log(at, max) };
+        let found = |line: &[u8]| time_of(line).is_some_and(|t| t >= ts);
+        Ok(super::first_line_where(start, size, read, found)?.unwrap_or(size))
     }
 
     /// Reads up to `max` bytes of `all.log` at `offset`.

@@ -116,6 +116,36 @@ fn last_index_where<T>(
     Ok(lo.checked_sub(1))
 }
 
+/// The offset of the first line in `[start, end)` of a file read with `read` (up to a
+/// MiB at a time) for which `found` holds; `None` when there is none.
+pub(crate) fn first_line_where(
+    start: u64,
+    end: u64,
+    read: impl Fn(u64, usize) -> io::Result<Vec<u8>>,
+    found: impl Fn(&[u8]) -> bool,
+) -> io::Result<Option<u64>> {
+    let mut at = start;
+    let mut carry = Vec::new();
+    while at < end {
+        let chunk = read(at, (end - at).min(1 << 20) as usize)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let chunk_start = at - carry.len() as u64;
+        at += chunk.len() as u64;
+        carry.extend_from_slice(&chunk);
+        let mut pos = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &carry[pos..]) {
+            if found(&carry[pos..pos + nl + 1]) {
+                return Ok(Some(chunk_start + pos as u64));
+            }
+            pos += nl + 1;
+        }
+        carry.drain(..pos);
+    }
+    Ok(None)
+}
+
 /// The tag of a rendered line: its name and session id (`stdout[7]` → `stdout`, 7).
 fn line_tag(line: &[u8]) -> Option<(&[u8], Option<u64>)> {
     let tag = line.get(TIMESTAMP_LEN + 1..)?;
@@ -505,30 +535,13 @@ impl EpochViews {
             _ => true,
         };
         for (start, end) in ranges {
-            let mut at = start;
-            let mut carry = Vec::new();
-            while at < end {
-                let chunk = self.store.read(at, (end - at).min(1 << 20) as usize)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                let chunk_start = at - carry.len() as u64;
-                at += chunk.len() as u64;
-                carry.extend_from_slice(&chunk);
-                let mut pos = 0;
-                while let Some(nl) = memchr::memchr(b'\n', &carry[pos..]) {
-                    let line = &carry[pos..pos + nl + 1];
-                    let line_ts = parse_rfc3339_prefix(line).map(|(t, _)| t);
-                    if line_ts.is_some_and(|t| t >= ts) && wanted(line) {
-                        let merged = chunk_start + pos as u64;
-                        return match view {
-                            View::Text(v) => self.with_runs(v, |r| r.view_of_merged(merged)),
-                            _ => Ok(merged),
-                        };
-                    }
-                    pos += nl + 1;
-                }
-                carry.drain(..pos);
+            let read = |at: u64, max: usize| self.store.read(at, max);
+            let found = |line: &[u8]| parse_rfc3339_prefix(line).is_some_and(|(t, _)| t >= ts) && wanted(line);
+            if let Some(merged) = first_line_where(start, end, read, found)? {
+                return match view {
+                    View::Text(v) => self.with_runs(v, |r| r.view_of_merged(merged)),
+                    _ => Ok(merged),
+                };
             }
         }
         Ok(self.size(view))
