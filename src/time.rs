@@ -37,9 +37,25 @@ pub fn now_ms() -> i64 {
 /// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (always [`TIMESTAMP_LEN`] bytes; years are
 /// clamped to 0000..=9999 so the width never changes).
 pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
-    const MIN: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
-    const MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let ms = ms.clamp(MIN, MAX);
+    // Lines come in runs of the same millisecond: the last one formatted is kept.
+    thread_local! {
+        static LAST: std::cell::Cell<(i64, [u8; TIMESTAMP_LEN])> = const { std::cell::Cell::new((i64::MIN, [0; TIMESTAMP_LEN])) };
+    }
+    let ms = ms.clamp(MIN_MS, MAX_MS);
+    let (last, text) = LAST.get();
+    if last == ms {
+        return out.extend_from_slice(&text);
+    }
+    let text = format_into(ms);
+    LAST.set((ms, text));
+    out.extend_from_slice(&text);
+}
+
+const MIN_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+
+/// `ms` (within `MIN_MS..=MAX_MS`) as a rendered timestamp.
+fn format_into(ms: i64) -> [u8; TIMESTAMP_LEN] {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (y, mo, d) = civil_from_days(days);
@@ -50,7 +66,7 @@ pub fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
         push_digits(&mut text[end - width..end], value);
     }
     push_digits(&mut text[20..23], in_day % 1000);
-    out.extend_from_slice(&text);
+    text
 }
 
 /// Writes `value` as zero-padded decimal digits filling `slot`.

@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod dir;
+pub mod exec_json;
 pub mod feed;
 pub mod generation;
 pub mod reader;

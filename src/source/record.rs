@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use serde::Deserialize;
 
 use crate::time::parse_rfc3339_prefix;
 
@@ -231,20 +230,6 @@ pub enum RawLine<'a> {
     },
 }
 
-#[derive(Deserialize)]
-struct ExecEntry<'a> {
-    #[serde(borrow)]
-    t: Cow<'a, str>,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    #[serde(borrow)]
-    d: Cow<'a, str>,
-    #[serde(borrow, default)]
-    e: Option<Cow<'a, str>>,
-    #[serde(default)]
-    id: Option<u64>,
-}
-
 /// The raw line of `kind` quoted in a notice: its first [`NOTICE_QUOTE_MAX`] bytes as
 /// lossy UTF-8, with ANSI escapes stripped for runtime and kernel lines like their
 /// text. (The renderer's display step escapes what control characters remain, as in
@@ -290,10 +275,7 @@ fn parse_exec(bytes: &[u8], state: &SourceState) -> Record {
 }
 
 fn decode_exec(bytes: &[u8]) -> Result<Record, String> {
-    let entry: ExecEntry<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        let text = e.to_string();
-        text.split(" at line").next().unwrap_or(&text).to_string()
-    })?;
+    let entry = super::exec_json::decode(bytes)?;
     let (ts, used) = parse_rfc3339_prefix(entry.t.as_bytes()).ok_or("bad timestamp")?;
     if used != entry.t.len() {
         return Err("bad timestamp".into());

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::frame::{push_frame, FrameReader};
+use super::frame::{frame_header, push_frame, write_all_vectored_at, FrameReader};
 use super::notice::{Missing, MissingRange, LINE_MIN};
 use super::pool::{self, FilePool, PooledFile};
 use crate::codec::{push_bytes, push_varint, push_zigzag, Decoder};
@@ -376,9 +376,11 @@ pub(crate) fn decode_header_payload(p: &[u8]) -> Result<Header, String> {
     decode_header(p).map(|(h, _)| h)
 }
 
-fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: bool) -> Vec<u8> {
+/// The journal frame of commit `c`: the frame header and the commit's own header, to
+/// be written before its payload and (unless `unstored`) its extra payload.
+fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: bool) -> ([u8; 8], Vec<u8>) {
     let extra = if unstored { &[][..] } else { c.extra };
-    let mut p = Vec::with_capacity(32 + c.payload.len() + extra.len() + c.cuts.len() * 8);
+    let mut p = Vec::with_capacity(32 + c.cuts.len() * 8);
     p.push(COMMIT_TAG);
     push_varint(&mut p, data_start);
     push_varint(&mut p, c.bytes.len() as u64);
@@ -396,11 +398,7 @@ fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: b
         push_varint(&mut p, u64::from(cut.payload_at));
         p.push(u8::from(cut.boundary));
     }
-    p.extend_from_slice(c.payload);
-    p.extend_from_slice(extra);
-    let mut frame = Vec::with_capacity(p.len() + 8);
-    push_frame(&mut frame, &p);
-    frame
+    (frame_header(&[&p, c.payload, extra]), p)
 }
 
 fn decode_commit(journal_off: u64, p: &[u8]) -> Option<StoredCommit> {
@@ -750,12 +748,15 @@ impl EpochStore {
         }
         let mut w = self.writer.lock();
         let now = now_ms();
-        let frame = encode_commit(commit, start, now, unstored);
+        let (frame, head) = encode_commit(commit, start, now, unstored);
+        let extra = if unstored { &[][..] } else { commit.extra };
+        let parts = [&frame[..], &head, commit.payload, extra];
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let at = w.journal_end;
         let logical = w.logical(at);
-        self.reserve_journal(&mut w, frame.len() as u64);
-        match w.journal.get().and_then(|journal| journal.write_all_at(&frame, at)) {
-            Ok(()) => w.journal_end += frame.len() as u64,
+        self.reserve_journal(&mut w, len);
+        match w.journal.get().and_then(|journal| write_all_vectored_at(&journal, &parts, at)) {
+            Ok(()) => w.journal_end += len,
             Err(e) => {
                 if w.may_warn() {
                     tracing::warn!(

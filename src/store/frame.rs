@@ -15,10 +15,45 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 
 /// Appends `payload` as one frame.
 pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    debug_assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&frame_header(&[payload]));
     out.extend_from_slice(payload);
+}
+
+/// The header of one frame whose payload is `parts` joined (so a payload made of
+/// several buffers is written with one `pwritev`, without joining them first).
+pub fn frame_header(parts: &[&[u8]]) -> [u8; FRAME_HEADER] {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    debug_assert!(len > 0 && len <= MAX_PAYLOAD);
+    let mut crc = crc32fast::Hasher::new();
+    parts.iter().for_each(|p| crc.update(p));
+    let mut header = [0; FRAME_HEADER];
+    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc.finalize().to_le_bytes());
+    header
+}
+
+/// Writes `parts` one after the other at `offset` of `file`, with as few `pwritev`
+/// calls as the kernel allows.
+pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> = parts[first..].iter().map(|p| io::IoSlice::new(p)).collect();
+        let written = nix::sys::uio::pwritev(file, &slices, offset as libc::off_t).map_err(io::Error::from)?;
+        if written == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        offset += written as u64;
+        let mut left = written;
+        while first < parts.len() && left >= parts[first].len() {
+            left -= parts[first].len();
+            first += 1;
+        }
+        if left > 0 {
+            parts[first] = &parts[first][left..];
+        }
+    }
+    Ok(())
 }
 
 /// Reads frames sequentially from a file, from a physical offset, until the end of the

@@ -21,6 +21,29 @@ pub const SEGMENT_TARGET: u64 = 256 << 10;
 /// most one forced flush per this many bytes of output).
 pub const FORCED_FLUSH_AT: u64 = 1 << 20;
 
+/// Largest buffer kept for the next batch; larger ones (a batch with a huge line) are
+/// freed.
+const KEEP_BUFFER: usize = 4 << 20;
+
+thread_local! {
+    /// The buffers of the last finished batch of this thread, for the next one: a
+    /// batch of a long history grows to a MiB or more, and growing fresh buffers every
+    /// time costs copies and page faults. One set per ingest thread, not per sandbox.
+    static SPARE: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Hands the buffers of a stored batch back for the next batch of this thread.
+pub fn recycle(buffers: [Vec<u8>; 3]) {
+    SPARE.with_borrow_mut(|spare| {
+        for (kept, mut buffer) in spare.iter_mut().zip(buffers) {
+            if buffer.capacity() <= KEEP_BUFFER && buffer.capacity() > kept.capacity() {
+                buffer.clear();
+                *kept = buffer;
+            }
+        }
+    });
+}
+
 /// A batch being built.
 #[derive(Debug)]
 pub struct Batch {
@@ -84,17 +107,18 @@ impl Batch {
     /// A batch starting at merged offset `start`, `segment_len` bytes into a segment
     /// that closes past `segment_target` bytes, with the sources at `positions`.
     pub fn new(start: u64, segment_len: u64, segment_target: u64, positions: [CursorPos; 3]) -> Batch {
+        let [bytes, payload, entries] = SPARE.with_borrow_mut(std::mem::take);
         Batch {
             start,
-            bytes: Vec::new(),
-            payload: Vec::new(),
+            bytes,
+            payload,
             cuts: Vec::new(),
             span: None,
             segment_len,
             segment_target,
             open_take: None,
             moved: PerSource([None; 3]),
-            log: LogState { positions, recorded: false, json_len: 0, entries: 0, max_ts: None, payload: Vec::new() },
+            log: LogState { positions, recorded: false, json_len: 0, entries: 0, max_ts: None, payload: entries },
         }
     }
 

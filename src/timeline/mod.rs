@@ -215,6 +215,7 @@ impl Timeline {
             p.size = self.store.size();
         }
         self.notify();
+        batch::recycle([bytes, payload, entries_payload]);
         Ok(())
     }
 }
