@@ -57,6 +57,13 @@ fn fast(bytes: &[u8]) -> Option<ExecEntry<'_>> {
     (p.at == bytes.len()).then_some(ExecEntry { t, s, d, e, id })
 }
 
+/// True when `bytes` holds a byte below 0x20, checked 16 bytes at a time.
+fn any_control(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(16);
+    let found = chunks.by_ref().any(|c| c.iter().fold(0u8, |m, &b| m | u8::from(b < 0x20)) != 0);
+    found || chunks.remainder().iter().any(|&b| b < 0x20)
+}
+
 struct Parser<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -70,46 +77,43 @@ impl<'a> Parser<'a> {
     /// A JSON string at the cursor: borrowed when it holds no escape.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.literal(b"\"")?;
-        let start = self.at;
-        let rest = &self.bytes[start..];
-        let stop = memchr::memchr2(b'"', b'\\', rest)?;
-        // A raw control character is not valid JSON: serde_json words that error.
-        if rest[..stop].iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        if rest[stop] == b'"' {
-            self.at = start + stop + 1;
-            return std::str::from_utf8(&rest[..stop]).ok().map(Cow::Borrowed);
-        }
-        let mut out = rest[..stop].to_vec();
-        self.at = start + stop;
+        let mut owned: Option<Vec<u8>> = None;
         loop {
-            let b = *self.bytes.get(self.at)?;
-            self.at += 1;
-            match b {
-                b'"' => return String::from_utf8(out).ok().map(Cow::Owned),
-                b'\\' => {
-                    let escaped = *self.bytes.get(self.at)?;
-                    self.at += 1;
-                    let plain = match escaped {
-                        b'"' | b'\\' | b'/' => escaped,
-                        b'b' => 0x08,
-                        b'f' => 0x0c,
-                        b'n' => b'\n',
-                        b'r' => b'\r',
-                        b't' => b'\t',
-                        b'u' => {
-                            let c = self.unicode_escape()?;
-                            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                            continue;
-                        }
-                        _ => return None,
-                    };
-                    out.push(plain);
-                }
-                0..=0x1f => return None,
-                _ => out.push(b),
+            let rest = &self.bytes[self.at..];
+            let stop = memchr::memchr2(b'"', b'\\', rest)?;
+            // A raw control character is not valid JSON: serde_json words that error.
+            if any_control(&rest[..stop]) {
+                return None;
             }
+            self.at += stop + 1;
+            if rest[stop] == b'"' {
+                return match owned {
+                    None => std::str::from_utf8(&rest[..stop]).ok().map(Cow::Borrowed),
+                    Some(mut out) => {
+                        out.extend_from_slice(&rest[..stop]);
+                        String::from_utf8(out).ok().map(Cow::Owned)
+                    }
+                };
+            }
+            let out = owned.get_or_insert_with(|| Vec::with_capacity(rest.len()));
+            out.extend_from_slice(&rest[..stop]);
+            let escaped = *self.bytes.get(self.at)?;
+            self.at += 1;
+            let plain = match escaped {
+                b'"' | b'\\' | b'/' => escaped,
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'u' => {
+                    let c = self.unicode_escape()?;
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    continue;
+                }
+                _ => return None,
+            };
+            out.push(plain);
         }
     }
 
