@@ -221,7 +221,7 @@ pub fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), MountError
     })?;
     fs.set_all_views(all);
     let syncer = Syncer::start(store.clone(), SYNC_EVERY)?;
-    let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone())?;
+    let ingest = ingest::spawn(&opts.home, store.clone(), fs.clone(), fs.demand())?;
     let (tx, rx) = mpsc::channel();
     let panicked = tx.clone();
     ingest.on_panic(move |message| {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::{FsError, ReadReply};
+use crate::ingest::demand::Demand;
 
 /// How often the watchdog checks parked readers for signals.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -90,11 +91,13 @@ struct State {
 }
 
 /// The set of parked reads and the watchdog that polices them.
-#[derive(Default)]
 pub struct Follow {
     state: Mutex<State>,
     wake: Condvar,
     watchdog: Mutex<Option<JoinHandle<()>>>,
+    /// Told how many reads are parked after every change (ingest takes writes in at
+    /// once while any is).
+    demand: Arc<Demand>,
 }
 
 /// Pending, unblocked signals of thread `pid`, from `/proc/<pid>/status`
@@ -117,9 +120,16 @@ pub fn pending_signals(pid: u32) -> Option<u64> {
 }
 
 impl Follow {
-    /// A hub whose watchdog thread starts with the first parked read.
-    pub fn new() -> Arc<Follow> {
-        Arc::new(Follow::default())
+    /// A hub whose watchdog thread starts with the first parked read, telling `demand`
+    /// how many reads are parked.
+    pub fn new(demand: Arc<Demand>) -> Arc<Follow> {
+        Arc::new(Follow { state: Mutex::default(), wake: Condvar::new(), watchdog: Mutex::new(None), demand })
+    }
+
+    /// Tells the demand how many reads are parked (called with the lock held, after
+    /// every change of the list).
+    fn counted(&self, state: &State) {
+        self.demand.set_parked(state.parked.len());
     }
 
     /// Parks `read`, starting the watchdog if needed.
@@ -131,6 +141,7 @@ impl Follow {
             return;
         }
         state.parked.push(read);
+        self.counted(&state);
         drop(state);
         self.wake.notify_one();
         let mut watchdog = self.watchdog.lock();
@@ -145,6 +156,7 @@ impl Follow {
         let mut state = self.state.lock();
         let (mine, rest) = std::mem::take(&mut state.parked).into_iter().partition(|p| p.key == key);
         state.parked = rest;
+        self.counted(&state);
         mine
     }
 
@@ -162,6 +174,7 @@ impl Follow {
             return;
         }
         state.parked.extend(reads);
+        self.counted(&state);
     }
 
     /// Number of reads parked now.
@@ -174,7 +187,9 @@ impl Follow {
         let parked = {
             let mut state = self.state.lock();
             state.stopping = true;
-            std::mem::take(&mut state.parked)
+            let parked = std::mem::take(&mut state.parked);
+            self.counted(&state);
+            parked
         };
         self.wake.notify_all();
         for read in parked {
@@ -218,6 +233,7 @@ impl Follow {
             if done.is_empty() {
                 continue;
             }
+            self.counted(&state);
             drop(state);
             for (read, verdict) in done {
                 match verdict {

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::ingest::demand::Demand;
 use crate::ingest::Catalog;
 use crate::store::INODE_BLOCK;
 use crate::time::now_ms;
@@ -288,6 +289,8 @@ pub struct Fs {
     handles: RwLock<HashMap<u64, Arc<Mutex<Handle>>>>,
     next_fh: AtomicU64,
     follow: Arc<Follow>,
+    /// How many reads are parked, for ingest.
+    demand: Arc<Demand>,
     owner: (u32, u32),
     started_ms: i64,
     /// Size of the benchmark-only [`ceiling`] file, when enabled.
@@ -315,11 +318,13 @@ impl Fs {
 
     /// Like [`Fs::with_ceiling`], with the clock the follow rule reads (tests inject theirs).
     fn with_clock(owner: (u32, u32), ceiling: Option<u64>, clock: Clock) -> Arc<Fs> {
+        let demand = Demand::new();
         Arc::new_cyclic(|me| Fs {
             nodes: RwLock::new(Nodes::default()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            follow: Follow::new(),
+            follow: Follow::new(demand.clone()),
+            demand,
             owner,
             started_ms: now_ms(),
             ceiling,
@@ -327,6 +332,11 @@ impl Fs {
             all: RwLock::new(None),
             me: me.clone(),
         })
+    }
+
+    /// Whether a read waits for data now, for ingest to take writes in at once.
+    pub fn demand(&self) -> Arc<Demand> {
+        self.demand.clone()
     }
 
     /// Shows `all.log` and `all.jsonl` at the root, fed by every sandbox added from now on.

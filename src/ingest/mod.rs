@@ -10,6 +10,7 @@
 //! files handles or FUSE.
 
 pub mod access;
+pub mod demand;
 pub mod sandbox;
 pub mod watch;
 
@@ -28,6 +29,7 @@ use crate::source::dir::Access;
 use crate::source::generation::{FileId, FileIdentity};
 use crate::store::{SavedEpoch, Store};
 use crate::timeline::Timeline;
+use demand::Demand;
 use sandbox::SandboxIngest;
 use watch::{Wake, Watcher};
 
@@ -146,15 +148,20 @@ fn dir_identity(path: &Path) -> std::io::Result<FileIdentity> {
 }
 
 /// Starts watching `home/sandboxes`, keeping what is rendered in `store` and reporting
-/// epochs to `catalog`. The first full scan and ingest of every sandbox completes
+/// epochs to `catalog`; writes are taken in eagerly while `demand` says a reader waits. The first full scan and ingest of every sandbox completes
 /// before this returns. A panic of the thread is caught and reported to the listener
 /// of [`IngestHandle::on_panic`].
-pub fn spawn(home: &Path, store: Arc<Store>, catalog: Arc<dyn Catalog>) -> std::io::Result<IngestHandle> {
+pub fn spawn(
+    home: &Path,
+    store: Arc<Store>,
+    catalog: Arc<dyn Catalog>,
+    demand: Arc<Demand>,
+) -> std::io::Result<IngestHandle> {
     // Canonical, so that no component of a path below it may be a symlink.
     let sandboxes = home.join("sandboxes");
     let sandboxes = sandboxes.canonicalize().unwrap_or(sandboxes);
     let (tx, rx) = mpsc::channel();
-    let watcher = Watcher::start(tx.clone())?;
+    let watcher = Watcher::start(tx.clone(), demand, watch::LAZY_CONTENT)?;
     watcher.watch_sandboxes(&sandboxes);
     let (retired, saved): (Vec<SavedEpoch>, Vec<SavedEpoch>) =
         store.saved_epochs().into_iter().partition(|s| s.retired_ms.is_some());

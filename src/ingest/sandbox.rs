@@ -76,7 +76,13 @@ pub struct SandboxIngest {
     access_stale: bool,
     /// The last `boot-error.json` record taken (kept in the epoch's directory).
     boot_seen: Option<BootId>,
+    /// When `boot-error.json` was last looked at.
+    boot_checked: Instant,
 }
+
+/// Longest time between two looks at `boot-error.json` while the sandbox writes (the
+/// fallback poll looks too): not at every poll of a busy sandbox.
+const BOOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The file in an epoch's directory that names the last boot-error record taken.
 const BOOT_SEEN: &str = "boot-error.seen";
@@ -117,6 +123,7 @@ impl SandboxIngest {
             context: Vec::new(),
             access_stale: true,
             boot_seen: None,
+            boot_checked: Instant::now(),
         };
         let seen = std::fs::read(ingest.timeline.store().dir().join(BOOT_SEEN)).ok();
         let ingest = SandboxIngest { boot_seen: seen.as_deref().and_then(BootId::decode), ..ingest };
@@ -293,7 +300,12 @@ impl SandboxIngest {
         let mut batch = self.timeline.begin_batch(self.cursor());
         self.write_prelude(&mut batch);
         self.refresh(&mut batch, scan);
-        let mut boot = self.new_boot_error();
+        let mut boot = if scan || self.boot_checked.elapsed() >= BOOT_CHECK_EVERY {
+            self.boot_checked = Instant::now();
+            self.new_boot_error()
+        } else {
+            None
+        };
         let boot_id = boot.as_ref().map(|b| b.id);
         let mut refreshed_at = 0;
         loop {

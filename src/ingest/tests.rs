@@ -57,7 +57,7 @@ fn only_sandboxes_with_valid_names_and_logs_appear() {
     std::fs::create_dir_all(sandboxes.join(std::ffi::OsStr::from_bytes(b"bad\xff")).join("logs")).unwrap();
     std::fs::create_dir_all(sandboxes.join("no-logs-yet")).unwrap();
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap();
     let mut seen = recorder.names();
     seen.sort();
     assert_eq!(seen, ["+web".to_string(), format!("+{max}")]);
@@ -76,7 +76,7 @@ fn a_restart_resumes_the_epoch_and_a_recreated_sandbox_starts_anew() {
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("kernel.log"), b"[    0.000001] one\n").unwrap();
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap();
     let first = recorder.timeline("web");
     let (epoch, ino, size) = (first.epoch(), first.ino_base(), first.size());
     let bytes = first.read(0, usize::MAX).unwrap();
@@ -90,7 +90,7 @@ fn a_restart_resumes_the_epoch_and_a_recreated_sandbox_starts_anew() {
         .write_all(b"[    0.000002] two\n")
         .unwrap();
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap();
     let again = recorder.timeline("web");
     assert_eq!((again.epoch(), again.ino_base()), (epoch, ino));
     let now = again.read(0, usize::MAX).unwrap();
@@ -102,7 +102,7 @@ fn a_restart_resumes_the_epoch_and_a_recreated_sandbox_starts_anew() {
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("kernel.log"), b"[    0.000003] three\n").unwrap();
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap();
     let fresh = recorder.timeline("web");
     assert_ne!(fresh.epoch(), epoch);
     assert!(fresh.ino_base() > ino);
@@ -118,12 +118,12 @@ fn the_state_of_sandboxes_that_no_longer_exist_is_retired_and_kept() {
         std::fs::create_dir_all(home.path().join("sandboxes").join(name).join("logs")).unwrap();
     }
     let recorder = Arc::new(Recorder::default());
-    spawn(home.path(), store(home.path()), recorder.clone()).unwrap().stop();
+    spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap().stop();
     std::fs::remove_dir_all(home.path().join("sandboxes/b")).unwrap();
     let s = store(home.path());
     assert_eq!(s.saved_epochs().len(), 2);
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), s.clone(), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), s.clone(), recorder.clone(), Demand::new()).unwrap();
     // b is kept for all.log, retired: never resumed, handed over as kept.
     let saved = s.saved_epochs();
     let retired: Vec<(String, bool)> = saved.iter().map(|e| (e.header.name.clone(), e.retired_ms.is_some())).collect();
@@ -133,7 +133,7 @@ fn the_state_of_sandboxes_that_no_longer_exist_is_retired_and_kept() {
     drop(s);
     // At the next start it is handed over again, before any sandbox.
     let recorder = Arc::new(Recorder::default());
-    spawn(home.path(), store(home.path()), recorder.clone()).unwrap().stop();
+    spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap().stop();
     assert_eq!(recorder.names()[..2], ["=b", "+a"]);
 }
 
@@ -149,7 +149,7 @@ fn a_waiting_sandbox_whose_logs_appear_unseen_by_inotify_is_found_by_the_sweep()
     let dir = home.path().join("sandboxes").join("late");
     std::fs::create_dir_all(&dir).unwrap();
     let recorder = Arc::new(Recorder::default());
-    let handle = spawn(home.path(), store(home.path()), recorder.clone()).unwrap();
+    let handle = spawn(home.path(), store(home.path()), recorder.clone(), Demand::new()).unwrap();
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {

@@ -97,6 +97,8 @@ pub struct Source {
     events: Vec<ChainEvent>,
     /// When the live file last changed size.
     grew_at: Instant,
+    /// Nothing more was complete at the last peek, and no refresh came since.
+    drained: bool,
 }
 
 /// A live file that has not grown for this long has its descriptor closed.
@@ -145,6 +147,7 @@ impl Source {
             tracker: Arc::new(Mutex::new(tracker)),
             events: Vec::new(),
             grew_at: Instant::now(),
+            drained: false,
         }
     }
 
@@ -169,8 +172,16 @@ impl Source {
     }
 
     /// The next step (loaded once, until taken); `None` when nothing new is complete.
+    /// Once `None`, the files are not read again until the next [`Source::refresh`]
+    /// (the merge peeks at every source after every line it takes: an idle source
+    /// would cost a `pread` each time).
     pub fn peek(&mut self) -> io::Result<Option<&Head>> {
-        self.feed.peek(&mut self.reader, &self.chain)
+        if self.drained {
+            return Ok(None);
+        }
+        let head = self.feed.peek(&mut self.reader, &self.chain)?;
+        self.drained = head.is_none();
+        Ok(head)
     }
 
     /// Takes the loaded step.
@@ -224,6 +235,7 @@ impl Source {
             }
             tracker.take_arrivals()
         };
+        self.drained = false;
         self.wake_live();
         // The live generation first: a truncation in place makes a generation that
         // comes before anything found since.
