@@ -12,12 +12,21 @@
 #                of a live ingest per 100 MB; the store's own write path per 100 MB;
 #                peak RSS
 #   follow       producer write -> blocked reader returns, at 4,000 lines/s
+#   live ingest  daemon CPU (utime + stime) per 100 MB of merged.log while the
+#                simulator writes another sandbox unpaced (300,000 lines) and paced at
+#                1,000 lines/s (20,000 lines), no reader open; the unpaced producer's
+#                lines/s with the mount and without it (a home nothing watches)
+#   1,000        1,000 sandboxes of 1 MiB each: mount until every one is listed with
+#                its size right (first sight of 1 GiB)
 #   2,000        2,000 small sandboxes under `ulimit -n 1024`: mount (first sight and
 #                restart) until every one is listed with its size right; then RSS,
 #                descriptors and CPU over 10 s while nothing changes
 #
 # Usage: scripts/bench.sh [LINES]     (default 330000 lines, about 50 MiB of sources)
 #        MSBFS_BIN=/path/to/msbfs scripts/bench.sh   (benchmark another build)
+#        BENCH_OUT=file.json scripts/bench.sh   (write the figures there instead)
+# The table shows each figure beside the one in scripts/bench-baseline.json (the same
+# script run on the build before issue 10, with MSBFS_BIN and BENCH_OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${1:-330000}
@@ -96,24 +105,41 @@ FOLLOW=$(python3 scripts/follow_latency.py "$MNT/bench/merged.log" "$LOGS/exec.l
 read -r P50 P99 PMAX <<<"$FOLLOW"
 echo "follow latency (4,000 lines/s): p50 $P50 ms, p99 $P99 ms, max $PMAX ms"
 
-# Live ingest: an unpaced producer on another sandbox while mounted.
-mkdir -p "$HOME_DIR/sandboxes/live/logs"
-until [[ -e $MNT/live/merged.log ]]; do sleep 0.01; done
-cpu0=$(cpu_of "$PID")
-"$BIN" simulate --home "$HOME_DIR" --name live --lines 300000 --rotate-bytes 10485760 --seed 9 >/dev/null
-prev=-1
-while true; do # until merged.log stops growing
-  cur=$(stat -c %s "$MNT/live/merged.log")
-  [[ $cur == "$prev" && $cur -gt 0 ]] && break
-  prev=$cur
-  sleep 0.5
-done
-LIVE_SIZE=$(stat -c %s "$MNT/live/merged.log")
-LIVE_CPU=$(py "print(f'{($(cpu_of "$PID") - $cpu0) * 1e8 / $LIVE_SIZE:.2f}')")
+# Live ingest: a producer on another sandbox while mounted, unpaced then paced.
+live_cpu() { # $1: name, then simulate options; sets LIVE_CPU (CPU-s per 100 MB) and PRODUCER (lines/s)
+  local name=$1 cpu0 t0 t1 prev=-1 cur size
+  shift
+  mkdir -p "$HOME_DIR/sandboxes/$name/logs"
+  until [[ -e $MNT/$name/merged.log ]]; do sleep 0.01; done
+  cpu0=$(cpu_of "$PID")
+  t0=$(now)
+  "$BIN" simulate --home "$HOME_DIR" --name "$name" --rotate-bytes 10485760 --seed 9 "$@" >/dev/null
+  t1=$(now)
+  while true; do # until merged.log stops growing
+    cur=$(stat -c %s "$MNT/$name/merged.log")
+    [[ $cur == "$prev" && $cur -gt 0 ]] && break
+    prev=$cur
+    sleep 0.5
+  done
+  size=$(stat -c %s "$MNT/$name/merged.log")
+  LIVE_CPU=$(py "print(f'{($(cpu_of "$PID") - $cpu0) * 1e8 / $size:.2f}')")
+  PRODUCER=$(py "print(round($2 / ($t1 - $t0)))")
+}
+live_cpu live --lines 300000
+LIVE_UNPACED=$LIVE_CPU PRODUCER_MOUNTED=$PRODUCER
+live_cpu paced --lines 20000 --rate 1000
+LIVE_PACED=$LIVE_CPU
+mkdir -p "$WORK/unwatched/sandboxes/live/logs"
+t0=$(now)
+"$BIN" simulate --home "$WORK/unwatched" --name live --lines 300000 --rotate-bytes 10485760 --seed 9 >/dev/null
+PRODUCER_ALONE=$(py "print(round(300000 / ($(now) - $t0)))")
+rm -rf "$WORK/unwatched"
 FIRST_CPU_100=$(py "print(f'{$FIRST_CPU * 1e8 / $SIZE:.2f}')")
-echo "daemon CPU per 100 MB of merged.log: first sight $FIRST_CPU_100 s, live (unpaced producer) $LIVE_CPU s"
+FIRST_MBS=$(py "print(round($SRC_BYTES / $FIRST / 1e6))")
+echo "daemon CPU per 100 MB of merged.log: first sight $FIRST_CPU_100 s ($FIRST_MBS MB/s of sources); live $LIVE_UNPACED s unpaced, $LIVE_PACED s at 1,000 lines/s"
+echo "unpaced producer: $PRODUCER_MOUNTED lines/s with the mount, $PRODUCER_ALONE lines/s without"
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
-rm -rf "$HOME_DIR/sandboxes/live"
+rm -rf "$HOME_DIR/sandboxes/live" "$HOME_DIR/sandboxes/paced"
 sleep 1 # the live sandbox is gone, its state retired (kept for all.log)
 SAVED=$(stat -c %s "$MNT/bench/merged.log") # the follow probe added lines
 stop_daemon
@@ -178,11 +204,37 @@ MANY_FDS=$(ls "/proc/$PID/fd" | wc -l)
 stop_daemon
 echo "2,000 sandboxes (ulimit -n 1024): mount $MANY_FIRST s, restart $MANY_RESTART s; idle: $MANY_RSS MiB RSS, $MANY_FDS descriptors, $MANY_CPU % of a core"
 
-cat >target/bench/bench.json <<JSON
+# 1,000 sandboxes of 1 MiB each (1 GiB of history seen for the first time).
+THOUSAND=$WORK/thousand
+python3 - "$THOUSAND/home" <<'PY'
+import os, sys
+for i in range(1000):
+    d = os.path.join(sys.argv[1], "sandboxes", f"sb{i:04d}", "logs")
+    os.makedirs(d)
+    line = '{"t":"2026-04-30T20:32:59.%03dZ","s":"stdout","d":"line of sandbox %04d: %s\\n","id":%d}\n' % (i % 1000, i, "x" * 60, 1 + i % 7)
+    with open(os.path.join(d, "exec.log"), "w") as f:
+        f.write(line * (1048576 // len(line)))
+PY
+mkdir -p "$THOUSAND/mnt"
+t0=$(now)
+"$BIN" mount "$THOUSAND/mnt" --home "$THOUSAND/home" --state-dir "$THOUSAND/state" </dev/null >/dev/null 2>>"$WORK/thousand.log" &
+PID=$!
+until [[ -e $THOUSAND/mnt/sb0999/merged.log ]]; do sleep 0.01; done
+[[ $(find "$THOUSAND/mnt" -mindepth 1 -maxdepth 1 -type d | wc -l) == 1000 ]] || { echo "not all 1,000 listed" >&2; exit 1; }
+[[ $(stat -c %s "$THOUSAND/mnt/sb0999/merged.log") == $(wc -c <"$THOUSAND/mnt/sb0999/merged.log") ]] || { echo "st_size wrong" >&2; exit 1; }
+THOUSAND_SECS=$(py "print(f'{$(now) - $t0:.2f}')")
+stop_daemon
+umount -l "$THOUSAND/mnt" 2>/dev/null || true
+rm -rf "$THOUSAND"
+echo "1,000 sandboxes of 1 MiB: mounted with their sizes right in $THOUSAND_SECS s"
+
+OUT=${BENCH_OUT:-target/bench/bench.json}
+cat >"$OUT" <<JSON
 {
   "merged_mib": $(py "print(round($SIZE / 1048576, 1))"),
   "source_mib": $(py "print(round($SRC_BYTES / 1048576, 1))"),
   "first_sight_s": $FIRST,
+  "first_sight_mb_s": $FIRST_MBS,
   "full_read_gb_s": $READ_GBS,
   "fuse_ceiling_gb_s": $CEIL_GBS,
   "full_read_of_ceiling_pct": $OF_CEIL,
@@ -198,7 +250,11 @@ cat >target/bench/bench.json <<JSON
   "program_log_read_gb_s": $PROGRAM_GBS,
   "merged_jsonl_read_gb_s": $JSONL_GBS,
   "first_sight_cpu_s_per_100mb": $FIRST_CPU_100,
-  "live_ingest_cpu_s_per_100mb": $LIVE_CPU,
+  "live_ingest_cpu_s_per_100mb": $LIVE_UNPACED,
+  "live_paced_cpu_s_per_100mb": $LIVE_PACED,
+  "producer_lines_s_mounted": $PRODUCER_MOUNTED,
+  "producer_lines_s_alone": $PRODUCER_ALONE,
+  "thousand_1mib_mount_s": $THOUSAND_SECS,
   "store_write_path_cpu_s_per_100mb": $WRITE_PATH,
   "peak_rss_mib": $((RSS / 1024)),
   "follow_p50_ms": $P50,
@@ -213,21 +269,43 @@ cat >target/bench/bench.json <<JSON
 JSON
 
 echo
-echo "| measure | value | target |"
-echo "| --- | --- | --- |"
-echo "| full read of merged.log (dd bs=1M, median of 5) | $READ_GBS GB/s | >= 1 GB/s |"
-echo "| FUSE ceiling, same daemon and run | $CEIL_GBS GB/s | |"
-echo "| merged.log / ceiling | $OF_CEIL % | >= 50 % |"
-echo "| cat of the raw source files | $RAW_GBS GB/s | |"
-echo "| first sight (mount to st_size, nothing saved) | $FIRST s | |"
-echo "| restart (mount to st_size, history saved, median of 5) | $RESTART s | < 0.2 s |"
-echo "| tail -n 10 / dd 4 x 64 KiB from the middle | $TAIL ms / $SEEK ms | |"
-echo "| state beyond the bytes, per MiB of merged.log: journal and index / view indexes / all.* | $JOURNAL_PER_MIB / $VIEWS_PER_MIB / $ALL_PER_MIB B ($VIEWS_RATIO x) | <= 1.5 x |"
-echo "| full read of program.log / merged.jsonl | $PROGRAM_GBS / $JSONL_GBS GB/s | |"
-echo "| daemon CPU per 100 MB: first sight / live ingest | $FIRST_CPU_100 s / $LIVE_CPU s | |"
-echo "| store write path CPU per 100 MB | $WRITE_PATH s | |"
-echo "| peak RSS | $((RSS / 1024)) MiB | <= 64 MiB |"
-echo "| follow latency at 4,000 lines/s: p50 / p99 / max | $P50 / $P99 / $PMAX ms | p50 0.07, p99 0.66 before |"
-echo "| 2,000 sandboxes (ulimit -n 1024): mount / restart | $MANY_FIRST s / $MANY_RESTART s | < 2 s |"
-echo "| 2,000 idle sandboxes: RSS / descriptors / CPU | $MANY_RSS MiB / $MANY_FDS / $MANY_CPU % | < 256 MiB, < 1024, < 2 % |"
-echo "(written to target/bench/bench.json)"
+python3 - "$OUT" scripts/bench-baseline.json <<'PY'
+import json, os, sys
+now = json.load(open(sys.argv[1]))
+before = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
+rows = [
+    ("full read of merged.log (dd bs=1M), GB/s", "full_read_gb_s", ">= 1"),
+    ("FUSE ceiling, same daemon and run, GB/s", "fuse_ceiling_gb_s", ""),
+    ("merged.log / ceiling, %", "full_read_of_ceiling_pct", ">= 50"),
+    ("cat of the raw source files, GB/s", "cat_raw_gb_s", ""),
+    ("first sight, 50 MiB (mount to st_size, nothing saved), s", "first_sight_s", ""),
+    ("first sight, MB/s of source bytes", "first_sight_mb_s", ">= 400"),
+    ("restart (mount to st_size, history saved), s", "restart_s", "< 0.2"),
+    ("tail -n 10, ms", "tail_n10_ms", ""),
+    ("dd 4 x 64 KiB from the middle, ms", "dd_middle_ms", ""),
+    ("state beyond the bytes, x merged.log", "views_state_ratio", "<= 1.5"),
+    ("full read of program.log, GB/s", "program_log_read_gb_s", ""),
+    ("full read of merged.jsonl, GB/s", "merged_jsonl_read_gb_s", ""),
+    ("daemon CPU per 100 MB, first sight, s", "first_sight_cpu_s_per_100mb", ""),
+    ("daemon CPU per 100 MB, live unpaced, s", "live_ingest_cpu_s_per_100mb", "<= 1"),
+    ("daemon CPU per 100 MB, live at 1,000 lines/s, s", "live_paced_cpu_s_per_100mb", "<= 1"),
+    ("unpaced producer with the mount, lines/s", "producer_lines_s_mounted", "= without"),
+    ("unpaced producer without the mount, lines/s", "producer_lines_s_alone", ""),
+    ("store write path CPU per 100 MB, s", "store_write_path_cpu_s_per_100mb", ""),
+    ("peak RSS, MiB", "peak_rss_mib", "<= 64"),
+    ("follow latency at 4,000 lines/s p50, ms", "follow_p50_ms", "no regression"),
+    ("follow latency at 4,000 lines/s p99, ms", "follow_p99_ms", "no regression"),
+    ("follow latency at 4,000 lines/s max, ms", "follow_max_ms", ""),
+    ("1,000 sandboxes of 1 MiB: mount with sizes right, s", "thousand_1mib_mount_s", "< 2"),
+    ("2,000 small sandboxes (ulimit -n 1024): mount, s", "many_mount_s", "< 2"),
+    ("2,000 small sandboxes: restart, s", "many_restart_s", "< 2"),
+    ("2,000 idle sandboxes: RSS, MiB", "many_idle_rss_mib", "< 256"),
+    ("2,000 idle sandboxes: descriptors", "many_idle_fds", "< 1024"),
+    ("2,000 idle sandboxes: CPU, % of a core", "many_idle_cpu_pct", "< 2"),
+]
+print("| measure | before (issue 9) | now | target |")
+print("| --- | --- | --- | --- |")
+for label, key, target in rows:
+    print(f"| {label} | {before.get(key, '')} | {now.get(key, '')} | {target} |")
+print(f"(written to {sys.argv[1]})")
+PY

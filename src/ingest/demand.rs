@@ -1,8 +1,9 @@
 //! Whether a reader waits for new bytes right now, which decides how eagerly the
 //! watcher hands on changes of file contents (DESIGN §3, ingest cost).
 //!
-//! While a read is parked at the end of a file (follow mode), every change is taken in
-//! at once: the reader is woken within a fraction of a millisecond of the producer's
+//! While a read is parked at the end of a file (follow mode), and for a second after
+//! the last one (a follower reads what woke it, then parks again), every change is
+//! taken in at once: the reader is woken within a fraction of a millisecond of the producer's
 //! write. While none is, a burst of writes is taken in at most once per
 //! [`super::watch::LAZY_CONTENT`]: the first write after a quiet spell at once, the
 //! rest together. Nobody can tell the difference (a reader that polls looks once a
@@ -10,8 +11,9 @@
 //! directories (rotation, a new file) are always taken in at once.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The number of reads parked, and an eventfd that becomes readable when it rises
 /// from none, so the watcher's `poll` wakes to hand on what it was collecting.
@@ -19,8 +21,15 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Demand {
     parked: AtomicUsize,
+    /// When the last read was parked, in nanoseconds since `base`: a follower between
+    /// two parked reads (it reads what woke it, then comes back) still counts.
+    last_parked_ns: AtomicU64,
+    base: Instant,
     event: Option<OwnedFd>,
 }
+
+/// How long after its last parked read a reader still counts as waiting.
+pub const STILL_WAITING: Duration = Duration::from_secs(1);
 
 impl Demand {
     /// No read parked.
@@ -37,13 +46,16 @@ impl Demand {
             // SAFETY: `fd` was just created and is owned by nothing else.
             Some(unsafe { OwnedFd::from_raw_fd(fd) })
         };
-        Arc::new(Demand { parked: AtomicUsize::new(0), event })
+        Arc::new(Demand { parked: AtomicUsize::new(0), last_parked_ns: AtomicU64::new(0), base: Instant::now(), event })
     }
 
     /// Sets the number of reads parked now (called by follow mode under its lock, after
     /// every change of its list).
     pub fn set_parked(&self, parked: usize) {
         let before = self.parked.swap(parked, Ordering::AcqRel);
+        if before > 0 || parked > 0 {
+            self.last_parked_ns.store(self.base.elapsed().as_nanos() as u64 + 1, Ordering::Release);
+        }
         if let (0, 1.., Some(event)) = (before, parked, &self.event) {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer to a descriptor we own. A full
@@ -52,9 +64,14 @@ impl Demand {
         }
     }
 
-    /// True while a read is parked (always, without the eventfd).
+    /// True while a read is parked, and for [`STILL_WAITING`] after the last one
+    /// (always, without the eventfd).
     pub fn eager(&self) -> bool {
-        self.event.is_none() || self.parked.load(Ordering::Acquire) > 0
+        if self.event.is_none() || self.parked.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        let last = self.last_parked_ns.load(Ordering::Acquire);
+        last > 0 && self.base.elapsed().as_nanos() as u64 + 1 - last < STILL_WAITING.as_nanos() as u64
     }
 
     /// The descriptor to poll, readable after reads began to wait (-1, which `poll`
@@ -92,8 +109,11 @@ mod tests {
         demand.set_parked(2);
         assert!(!readable(&demand), "only the rise from none signals");
         demand.set_parked(0);
-        assert!(!demand.eager());
+        assert!(demand.eager(), "a follower between two parked reads still waits");
         demand.set_parked(1);
         assert!(readable(&demand));
+        demand.set_parked(0);
+        std::thread::sleep(STILL_WAITING);
+        assert!(!demand.eager());
     }
 }
