@@ -291,6 +291,9 @@ pub struct Fs {
     follow: Arc<Follow>,
     /// How many reads are parked, for ingest.
     demand: Arc<Demand>,
+    /// Appends announced so far: a wake-up that took reads out of the list to try them
+    /// sees whether one came meanwhile.
+    appends: AtomicU64,
     owner: (u32, u32),
     started_ms: i64,
     /// Size of the benchmark-only [`ceiling`] file, when enabled.
@@ -325,6 +328,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             follow: Follow::new(demand.clone()),
             demand,
+            appends: AtomicU64::new(0),
             owner,
             started_ms: now_ms(),
             ceiling,
@@ -624,8 +628,26 @@ impl Fs {
         }
     }
 
-    /// Answers the parked reads on `key` that can now be answered.
+    /// Answers the parked reads on `key` that can now be answered. Reads that must wait
+    /// on are out of the list while they are tried: the wake-up of an append in that
+    /// window would miss them, so they are tried again until no append came meanwhile.
     fn wake(&self, key: u64) {
+        loop {
+            let seen = self.appends.load(Ordering::Acquire);
+            if self.wake_once(key) == 0 || self.appends.load(Ordering::Acquire) == seen {
+                return;
+            }
+        }
+    }
+
+    /// Something was appended to what readers on `key` read: wakes them.
+    fn appended(&self, key: u64) {
+        self.appends.fetch_add(1, Ordering::AcqRel);
+        self.wake(key);
+    }
+
+    /// One round of [`Fs::wake`]; returns how many reads still wait.
+    fn wake_once(&self, key: u64) -> usize {
         let mut still = Vec::new();
         for read in self.follow.take_for(key) {
             let handle = self.handles.read().get(&read.fh).cloned();
@@ -641,7 +663,9 @@ impl Fs {
                 Attempt::Park => still.push(read),
             }
         }
+        let waiting = still.len();
         self.follow.put_back(still);
+        waiting
     }
 
     /// Reads parked right now (for tests and diagnostics).
@@ -716,8 +740,8 @@ impl Catalog for Fs {
                         views.flush();
                     }
                 }
-                fs.wake(node.dir_ino);
-                fs.wake(ALL_KEY);
+                fs.appended(node.dir_ino);
+                fs.appended(ALL_KEY);
             }
         }));
         let mut nodes = self.nodes.write();
