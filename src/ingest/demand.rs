@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The number of reads parked, and an eventfd that becomes readable when it rises
-/// from none, so the watcher's `poll` wakes to hand on what it was collecting.
+/// The number of reads parked, and an eventfd that becomes readable when a read parks
+/// while none was waiting, so the watcher's `poll` wakes to hand on what it was
+/// collecting.
 /// Without the eventfd (none could be created), every change is handed on at once.
 #[derive(Debug)]
 pub struct Demand {
@@ -52,11 +53,14 @@ impl Demand {
     /// Sets the number of reads parked now (called by follow mode under its lock, after
     /// every change of its list).
     pub fn set_parked(&self, parked: usize) {
-        let before = self.parked.swap(parked, Ordering::AcqRel);
-        if before > 0 || parked > 0 {
+        let was_eager = self.eager();
+        self.parked.store(parked, Ordering::Release);
+        if was_eager || parked > 0 {
             self.last_parked_ns.store(self.base.elapsed().as_nanos() as u64 + 1, Ordering::Release);
         }
-        if let (0, 1.., Some(event)) = (before, parked, &self.event) {
+        // Only a reader that finds the watcher collecting wakes it: a follower parking
+        // again after each wake-up costs no write.
+        if let (false, 1.., Some(event)) = (was_eager, parked, &self.event) {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer to a descriptor we own. A full
             // counter (EAGAIN) is as good as a write: the fd is readable either way.
@@ -111,9 +115,11 @@ mod tests {
         demand.set_parked(0);
         assert!(demand.eager(), "a follower between two parked reads still waits");
         demand.set_parked(1);
-        assert!(readable(&demand));
+        assert!(!readable(&demand), "nor does a follower parking again");
         demand.set_parked(0);
         std::thread::sleep(STILL_WAITING);
         assert!(!demand.eager());
+        demand.set_parked(1);
+        assert!(readable(&demand), "a reader parking after a quiet spell signals");
     }
 }

@@ -182,6 +182,7 @@ pub fn spawn(
         sweep_waiting_after: String::new(),
         context: Vec::new(),
         listed: None,
+        unpolled: BTreeSet::new(),
     };
     ingest.refresh_context();
     if ingest.rescan() {
@@ -242,7 +243,12 @@ struct Ingest {
     context: Vec<Access>,
     /// `sandboxes/`'s (inode, mtime) at the last complete listing, and when that was.
     listed: Option<((u64, std::time::SystemTime), std::time::SystemTime)>,
+    /// Sandboxes started whose history is not taken in yet ([`Ingest::poll_started`]).
+    unpolled: BTreeSet<String>,
 }
+
+/// Most threads taking in the histories of sandboxes seen for the first time.
+const FIRST_POLL_THREADS: usize = 4;
 
 /// What a sandbox directory looks like.
 enum Probe {
@@ -317,6 +323,7 @@ impl Ingest {
             for name in &listed {
                 self.probe(name);
             }
+            self.poll_started();
             if rescan || last_tick.elapsed() >= FALLBACK_POLL {
                 self.refresh_context();
                 self.rescan();
@@ -419,6 +426,7 @@ impl Ingest {
         for name in missing.iter().chain(&fresh) {
             self.probe(name);
         }
+        self.poll_started();
         self.listed = stamp.map(|s| (s, listed_at));
         true
     }
@@ -498,6 +506,7 @@ impl Ingest {
             self.probe(&name);
             self.sweep_waiting_after = name;
         }
+        self.poll_started();
     }
 
     fn end(&mut self, name: &str) {
@@ -569,8 +578,33 @@ impl Ingest {
         // Added before the first poll, so what derives views from each commit sees the
         // history commit by commit instead of reading it all back.
         self.catalog.sandbox_added(name, live.ingest.timeline().clone());
-        live.ingest.poll(true);
         self.live.insert(name.to_string(), live);
+        self.unpolled.insert(name.to_string());
+    }
+
+    /// Gives every sandbox started since the last call its first poll, which takes in
+    /// its whole history: several at a time, one per core (up to
+    /// [`FIRST_POLL_THREADS`]), as sandboxes share nothing but the store.
+    fn poll_started(&mut self) {
+        let names = std::mem::take(&mut self.unpolled);
+        let started: Vec<Mutex<&mut Live>> =
+            self.live.iter_mut().filter(|(n, _)| names.contains(*n)).map(|(_, l)| Mutex::new(l)).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.min(FIRST_POLL_THREADS).min(started.len());
+        if threads <= 1 {
+            started.into_iter().for_each(|l| l.into_inner().ingest.poll(true));
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some(live) = started.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        live.lock().ingest.poll(true);
+                    }
+                });
+            }
+        });
     }
 }
 
