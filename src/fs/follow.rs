@@ -175,6 +175,10 @@ impl Follow {
         }
         state.parked.extend(reads);
         self.counted(&state);
+        drop(state);
+        // The watchdog may have seen the list empty while they were out of it, and wait
+        // for a park that never comes.
+        self.wake.notify_one();
     }
 
     /// Number of reads parked now.

@@ -356,6 +356,33 @@ fn watchdog_interrupts_a_reader_with_a_pending_signal() {
 }
 
 #[test]
+fn a_read_put_back_after_a_retry_is_still_watched_for_signals() {
+    let follow = follow::Follow::new(crate::ingest::demand::Demand::new());
+    let parked = |pid: u32, reply: ChanReply| follow::Parked {
+        fh: 1,
+        offset: 0,
+        size: 10,
+        pid,
+        key: 7,
+        since: std::time::Instant::now(),
+        reply: Box::new(reply),
+    };
+    // A read of this thread starts the watchdog; taken out to be retried, it leaves the
+    // list empty, and the watchdog waits for the next park.
+    let (own, _own_rx) = mpsc::channel();
+    // SAFETY: gettid has no arguments and touches no memory.
+    follow.park(parked(unsafe { libc::gettid() } as u32, ChanReply(own)));
+    assert_eq!(follow.take_for(7).len(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    // Put back after a retry that found nothing: its reader's signal still ends it.
+    let child = StoppedChild::with_pending_signal();
+    let (tx, rx) = mpsc::channel();
+    follow.put_back(vec![parked(child.0.id(), ChanReply(tx))]);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), Err(FsError::Interrupted));
+    follow.stop();
+}
+
+#[test]
 fn watchdog_ends_reads_of_vanished_threads() {
     let (w, fh, size) = World::at_end_after_two_eofs();
     let mut child = std::process::Command::new("true").spawn().unwrap();
