@@ -216,7 +216,7 @@ pub fn json_len<T: AsRef<[u8]>>(entry: &LogEntry<T>, sandbox: Option<&str>) -> u
         len += 6 + digits(id); // ,"id":…
     }
     len += 5; // ,"d":
-    // ASCII (the common case) is valid UTF-8: no second pass to check it.
+              // ASCII (the common case) is valid UTF-8: no second pass to check it.
     let utf8 = text.is_ascii() || std::str::from_utf8(text).is_ok();
     len += match utf8 {
         true => json_string_len(text),
