@@ -142,6 +142,7 @@ live_cpu() { # $1: name, then simulate options; sets LIVE_CPU (CPU-s per 100 MB)
   LIVE_CPU=$(py "print(f'{($(cpu_of "$PID") - $cpu0) * 1e8 / $size:.2f}')")
   PRODUCER=$(py "print(round($2 / ($t1 - $t0)))")
 }
+sleep 2 # the follow probe's reader counts as waiting for a second after it last parked
 live_cpu live --lines 300000
 LIVE_UNPACED=$LIVE_CPU PRODUCER_MOUNTED=$PRODUCER
 live_cpu paced --lines 20000 --rate 1000

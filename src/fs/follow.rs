@@ -88,6 +88,8 @@ enum Verdict {
 struct State {
     parked: Vec<Parked>,
     stopping: bool,
+    /// The watchdog waits for a park with no timeout (the list was empty).
+    watchdog_idle: bool,
 }
 
 /// The set of parked reads and the watchdog that polices them.
@@ -142,8 +144,11 @@ impl Follow {
         }
         state.parked.push(read);
         self.counted(&state);
+        let idle = state.watchdog_idle;
         drop(state);
-        self.wake.notify_one();
+        if idle {
+            self.wake.notify_one();
+        }
         let mut watchdog = self.watchdog.lock();
         if watchdog.is_none() {
             let me = self.clone();
@@ -175,10 +180,13 @@ impl Follow {
         }
         state.parked.extend(reads);
         self.counted(&state);
-        drop(state);
         // The watchdog may have seen the list empty while they were out of it, and wait
         // for a park that never comes.
-        self.wake.notify_one();
+        let idle = state.watchdog_idle;
+        drop(state);
+        if idle {
+            self.wake.notify_one();
+        }
     }
 
     /// Number of reads parked now.
@@ -220,7 +228,9 @@ impl Follow {
                 return;
             }
             if state.parked.is_empty() {
+                state.watchdog_idle = true;
                 self.wake.wait(&mut state);
+                state.watchdog_idle = false;
                 continue;
             }
             self.wake.wait_for(&mut state, WATCH_INTERVAL);
