@@ -201,6 +201,15 @@ fn two_thousand_sandboxes_mount_list_and_read_under_ulimit_1024() {
     let log = m.stderr();
     assert!(!log.contains("Too many open files"), "{log}");
     m.stop();
+    // A restart resumes all 2,000 saved epochs under the same limit.
+    let command = Mounted::command(&["prlimit", "--nofile=1024:1024", "--"], &env.home, &env.mnt, &[], None, &[]);
+    let m = Mounted::launch(command, &env.mnt, &env.root().join("msbfs-restart.stderr"));
+    assert_eq!(sandboxes_in(&env.mnt).len(), 2000, "every sandbox is listed again");
+    let text = fs::read_to_string(env.merged("sb0001")).unwrap();
+    assert!(text.contains("later") && text.matches("hello from 1\n").count() == 3, "{text}");
+    let log = m.stderr();
+    assert!(!log.contains("Too many open files") && !log.contains("new epoch"), "{log}");
+    m.stop();
 }
 
 #[test]

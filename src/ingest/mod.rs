@@ -249,6 +249,9 @@ struct Ingest {
 
 /// Most threads taking in the histories of sandboxes seen for the first time.
 const FIRST_POLL_THREADS: usize = 4;
+/// Sandboxes started before their first polls run (each holds descriptors until its
+/// first poll closes what the budget cannot keep).
+const FIRST_POLL_BATCH: usize = 16;
 
 /// What a sandbox directory looks like.
 enum Probe {
@@ -580,6 +583,11 @@ impl Ingest {
         self.catalog.sandbox_added(name, live.ingest.timeline().clone());
         self.live.insert(name.to_string(), live);
         self.unpolled.insert(name.to_string());
+        // Each first poll ends by closing what the descriptor budget cannot keep: only a
+        // few sandboxes wait for theirs at a time.
+        if self.unpolled.len() >= FIRST_POLL_BATCH {
+            self.poll_started();
+        }
     }
 
     /// Gives every sandbox started since the last call its first poll, which takes in
