@@ -148,8 +148,9 @@ fn dir_identity(path: &Path) -> std::io::Result<FileIdentity> {
 }
 
 /// Starts watching `home/sandboxes`, keeping what is rendered in `store` and reporting
-/// epochs to `catalog`; writes are taken in eagerly while `demand` says a reader waits. The first full scan and ingest of every sandbox completes
-/// before this returns. A panic of the thread is caught and reported to the listener
+/// epochs to `catalog`; writes are taken in at once while `demand` says a reader
+/// waits. The first full scan and ingest of every sandbox completes before this
+/// returns. A panic of the thread is caught and reported to the listener
 /// of [`IngestHandle::on_panic`].
 pub fn spawn(
     home: &Path,

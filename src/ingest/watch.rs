@@ -119,13 +119,16 @@ impl Watcher {
         })
     }
 
-    fn add(&self, path: &Path, queue: Queue, mask: WatchMask, target: Target) {
-        let mask = mask | WatchMask::ONLYDIR | WatchMask::DONT_FOLLOW;
-        let watches = match queue {
+    fn watches(&self, queue: Queue) -> &Mutex<Watches> {
+        match queue {
             Queue::Names => &self.names,
             Queue::Writes => &self.writes,
-        };
-        match watches.lock().add(path, mask) {
+        }
+    }
+
+    fn add(&self, path: &Path, queue: Queue, mask: WatchMask, target: Target) {
+        let mask = mask | WatchMask::ONLYDIR | WatchMask::DONT_FOLLOW;
+        match self.watches(queue).lock().add(path, mask) {
             Ok(wd) => {
                 let mut reg = self.registry.lock();
                 reg.targets.insert((queue, wd.get_watch_descriptor_id()), target);
@@ -178,10 +181,7 @@ impl Watcher {
             wds
         };
         for (queue, wd) in wds {
-            let _ = match queue {
-                Queue::Names => self.names.lock().remove(wd),
-                Queue::Writes => self.writes.lock().remove(wd),
-            };
+            let _ = self.watches(queue).lock().remove(wd);
         }
     }
 

@@ -376,9 +376,15 @@ pub(crate) fn decode_header_payload(p: &[u8]) -> Result<Header, String> {
     decode_header(p).map(|(h, _)| h)
 }
 
-/// The journal frame of commit `c`: the frame header and the commit's own header, to
-/// be written before its payload and (unless `unstored`) its extra payload.
-fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: bool) -> ([u8; 8], Vec<u8>) {
+/// The journal frame of commit `c`, in the pieces written one after the other: the
+/// frame header, the commit's own header, its payload, and (unless `unstored`) its
+/// extra payload.
+fn encode_commit<'c>(
+    c: &Commit<'c>,
+    data_start: u64,
+    committed_ms: i64,
+    unstored: bool,
+) -> ([u8; 8], Vec<u8>, &'c [u8], &'c [u8]) {
     let extra = if unstored { &[][..] } else { c.extra };
     let mut p = Vec::with_capacity(32 + c.cuts.len() * 8);
     p.push(COMMIT_TAG);
@@ -398,7 +404,7 @@ fn encode_commit(c: &Commit<'_>, data_start: u64, committed_ms: i64, unstored: b
         push_varint(&mut p, u64::from(cut.payload_at));
         p.push(u8::from(cut.boundary));
     }
-    (frame_header(&[&p, c.payload, extra]), p)
+    (frame_header(&[&p, c.payload, extra]), p, c.payload, extra)
 }
 
 fn decode_commit(journal_off: u64, p: &[u8]) -> Option<StoredCommit> {
@@ -748,9 +754,8 @@ impl EpochStore {
         }
         let mut w = self.writer.lock();
         let now = now_ms();
-        let (frame, head) = encode_commit(commit, start, now, unstored);
-        let extra = if unstored { &[][..] } else { commit.extra };
-        let parts = [&frame[..], &head, commit.payload, extra];
+        let (frame, head, payload, extra) = encode_commit(commit, start, now, unstored);
+        let parts = [&frame[..], &head, payload, extra];
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let at = w.journal_end;
         let logical = w.logical(at);

@@ -216,11 +216,11 @@ pub fn json_len<T: AsRef<[u8]>>(entry: &LogEntry<T>, sandbox: Option<&str>) -> u
         len += 6 + digits(id); // ,"id":…
     }
     len += 5; // ,"d":
-              // ASCII (the common case) is valid UTF-8: no second pass to check it.
-    let utf8 = text.is_ascii() || std::str::from_utf8(text).is_ok();
-    len += match utf8 {
-        true => json_string_len(text),
-        false => 1 + (text.len() as u64).div_ceil(3) * 4 + 11, // "…","e":"b64"
+              // ASCII (the common case) is valid UTF-8 without a second look.
+    len += if text.is_ascii() || std::str::from_utf8(text).is_ok() {
+        json_string_len(text)
+    } else {
+        1 + (text.len() as u64).div_ceil(3) * 4 + 11 // "…","e":"b64"
     };
     len + 11 + CURSOR_LEN + 11 + digits(entry.start) + 2 // ,"cursor":"…","offset":…}\n
 }
